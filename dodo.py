@@ -1,0 +1,47 @@
+"""kata-passt-stack: build the CRI-O / Kata / passt stack from stack.yaml.
+
+    doit                  fetch, patch, build and install what is stale
+    doit stack=PATH       the same for another stack file
+    doit list             every task;  doit info TASK: why it would run
+    doit update[:NAME]    re-resolve tags and branches into stack.lock
+    doit reset:NAME       stash local edits in a checkout
+"""
+
+from pathlib import Path
+
+from doit import get_var
+
+from tasks import build, fetch, loader, patch
+
+WS = loader.workspace(get_var("stack"), Path(__file__).parent)
+DOIT_CONFIG = loader.doit_config(WS)
+
+
+def task_fetch():
+    """Fetch each component's pinned ref into <workdir>/src/NAME."""
+    yield from fetch.tasks(WS)
+
+
+def task_patch():
+    """Check out the pinned commit and apply the component's patches."""
+    yield from patch.tasks(WS)
+
+
+def task_build():
+    """Build each component (or part) from its checkout."""
+    yield from build.build_tasks(WS)
+
+
+def task_install():
+    """Install each component (or part) into destdir or the live system."""
+    yield from build.install_tasks(WS)
+
+
+def task_update():
+    """Re-resolve refs upstream and record the commits in stack.lock."""
+    yield from fetch.update_tasks(WS)
+
+
+def task_reset():
+    """Stash a checkout's local edits so its pin or patches can be applied."""
+    yield from fetch.reset_tasks(WS)

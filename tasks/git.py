@@ -1,0 +1,369 @@
+"""The only place that talks to git.
+
+Checkouts live in ``<workdir>/src/<NAME>``.  A checkout's ``origin`` is the
+URL exactly as written in stack.yaml, so git's own ``url.<base>.insteadOf``
+rewrites apply.  HEAD is detached: at the base commit, then one commit per
+patch on top.  Patches are applied to a temporary index (never the work tree)
+so a failing series changes nothing; only a complete series moves HEAD.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import run as runner
+from .errors import CommandFailed, DirtyCheckout, GitError, PatchFailed
+
+HEX40 = re.compile(r"^[0-9a-f]{40}$")
+HEXISH = re.compile(r"^[0-9a-f]{7,40}$")
+REFS_PREFIX = "refs/kps/"
+
+# Transports git may use, also for submodules and insteadOf rewrites; never
+# ext:: or fd:: (they run commands).
+_ENV = {
+    "GIT_ALLOW_PROTOCOL": "file:git:ssh:https:http",
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ASKPASS": "true" if os.path.exists("/bin/true") else "",
+    "LC_ALL": "C",
+}
+_IDENTITY = {
+    "GIT_COMMITTER_NAME": "kata-passt-stack",
+    "GIT_COMMITTER_EMAIL": "kata-passt-stack@localhost",
+}
+
+
+def _argv(repo: Path | None, *args: str) -> list[str]:
+    base = ["git"]
+    if repo is not None:
+        base += ["-C", str(repo)]
+    return base + ["-c", "advice.detachedHead=false", *args]
+
+
+def query(repo: Path, *args: str, check: bool = True, env=None) -> str:
+    """A quick git query; its output, stripped of the final newline."""
+    out = runner.capture(_argv(repo, *args), env={**_ENV, **(env or {})}, check=check)
+    return out[:-1] if out.endswith("\n") else out
+
+
+def _run(repo: Path, log: Path, *args: str, label: str = "", env=None) -> None:
+    """A git command the user should see (network, checkout)."""
+    runner.run(shlex.join(_argv(repo, *args)), cwd=repo, log=log,
+               env={**_ENV, **(env or {})}, label=label)
+
+
+# --------------------------------------------------------------------------
+# Fetching
+
+
+def is_repo(path: Path) -> bool:
+    return (path / ".git").exists()
+
+
+def ensure_repo(path: Path, url: str, log: Path, label: str) -> None:
+    """A repository at ``path`` whose origin is ``url``: created when missing,
+    re-pointed when the URL changed.  Never re-cloned."""
+    if not is_repo(path):
+        path.mkdir(parents=True, exist_ok=True)
+        _run(path, log, "init", "-q", label=label)
+    current = query(path, "config", "--get", "remote.origin.url", check=False)
+    if not current:
+        query(path, "remote", "add", "origin", url)
+    elif current != url:
+        runner.say(f"  {label}origin changes: {current} -> {url}")
+        query(path, "remote", "set-url", "origin", url)
+
+
+@dataclass(frozen=True)
+class Remote:
+    refname: str  # refs/tags/v1, refs/heads/main, or "" for a bare commit
+    commit: str
+
+    @property
+    def is_tag(self) -> bool:
+        return self.refname.startswith("refs/tags/")
+
+    @property
+    def is_branch(self) -> bool:
+        return self.refname.startswith("refs/heads/")
+
+
+def ls_remote(path: Path, ref: str) -> Remote | None:
+    """What ``ref`` names at origin now (tags peeled to their commit)."""
+    if HEX40.match(ref):
+        return Remote("", ref)
+    try:
+        out = query(path, "ls-remote", "origin", ref, f"{ref}^{{}}")
+    except CommandFailed as err:
+        raise GitError(f"cannot reach origin of {path.name}: {err.tail or err}",
+                       hint="check the URL and your network, or use a local mirror "
+                            "with git's url.<base>.insteadOf") from None
+    found: dict[str, str] = {}
+    for line in out.splitlines():
+        sha, _, name = line.partition("\t")
+        found[name] = sha
+    for name in (f"refs/tags/{ref}", f"refs/heads/{ref}", ref):
+        if name in found or f"{name}^{{}}" in found:
+            if not name.startswith("refs/"):
+                continue
+            return Remote(name, found.get(f"{name}^{{}}", found.get(name)))
+    return None
+
+
+def has_commit(path: Path, commit: str) -> bool:
+    if not commit or not is_repo(path):
+        return False
+    return bool(query(path, "rev-parse", "-q", "--verify", f"{commit}^{{commit}}",
+                      check=False))
+
+
+def rev_parse(path: Path, rev: str) -> str | None:
+    out = query(path, "rev-parse", "-q", "--verify", f"{rev}^{{commit}}", check=False)
+    return out or None
+
+
+def fetch(path: Path, log: Path, label: str, remote: Remote | None, ref: str,
+          depth: int) -> str:
+    """Bring the objects for ``ref`` into the repository; return its commit."""
+    shallow = [f"--depth={depth}"] if depth else []
+    if remote is None:
+        # An abbreviated commit: only a full fetch can tell what it names.
+        _run(path, log, "fetch", "--no-tags", "origin",
+             "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*", label=label)
+        commit = rev_parse(path, ref)
+        if commit is None:
+            raise GitError(f"ref '{ref}' not found at origin ({_origin(path)})",
+                           hint="check the tag, branch or commit name")
+        return commit
+    if remote.refname:
+        local = remote.refname if remote.is_tag else \
+            "refs/remotes/origin/" + remote.refname[len("refs/heads/"):]
+        _run(path, log, "fetch", *shallow, "--no-tags", "origin",
+             f"+{remote.refname}:{local}", label=label)
+        return remote.commit
+    _run(path, log, "fetch", *shallow, "--no-tags", "origin", remote.commit, label=label)
+    if not has_commit(path, remote.commit):
+        raise GitError(f"commit {remote.commit} not found at origin ({_origin(path)})")
+    return remote.commit
+
+
+def _origin(path: Path) -> str:
+    return query(path, "config", "--get", "remote.origin.url", check=False)
+
+
+# --------------------------------------------------------------------------
+# The work tree
+
+
+def head(path: Path) -> str | None:
+    """HEAD's commit, read from the file (no process) when detached."""
+    try:
+        text = (path / ".git" / "HEAD").read_text().strip()
+    except OSError:
+        return None
+    if HEX40.match(text):
+        return text
+    return rev_parse(path, "HEAD")
+
+
+def local_edits(path: Path) -> list[str]:
+    """Tracked files changed and untracked files added (ignored files are
+    build output, not edits)."""
+    out = query(path, "status", "--porcelain=v1", "-z", "--untracked-files=all")
+    edits = []
+    fields = out.split("\0")
+    i = 0
+    while i < len(fields):
+        entry = fields[i]
+        i += 1
+        if not entry:
+            continue
+        code, name = entry[:2], entry[3:]
+        if code[0] in "RC":
+            i += 1  # the original name follows
+        edits.append(name)
+    return edits
+
+
+def refuse_if_edited(path: Path, component: str, why: str, ignore: set[str] = frozenset()) -> None:
+    edits = [e for e in local_edits(path) if e not in ignore]
+    if edits:
+        shown = "\n".join(f"  {e}" for e in edits[:20])
+        more = f"\n  ... and {len(edits) - 20} more" if len(edits) > 20 else ""
+        raise DirtyCheckout(
+            f"{component}: {why}, but its checkout has local edits:\n{shown}{more}",
+            hint=f"commit them (git -C {path} commit -a), stash them "
+                 f"(git -C {path} stash -u), or discard them on purpose with "
+                 f"'doit reset:{component}'",
+        )
+
+
+def switch(path: Path, commit: str, log: Path, label: str) -> None:
+    """Move HEAD and the work tree to ``commit`` (detached)."""
+    _run(path, log, "checkout", "-q", "--detach", commit, label=label)
+
+
+def reset_hard(path: Path, commit: str, log: Path, label: str) -> None:
+    _run(path, log, "reset", "-q", "--hard", commit, label=label)
+    _run(path, log, "checkout", "-q", "--detach", commit, label=label)
+
+
+def clean_untracked(path: Path, log: Path, label: str) -> None:
+    _run(path, log, "clean", "-q", "-d", "-f", label=label)
+
+
+def update_submodules(path: Path, log: Path, label: str, depth: int) -> None:
+    shallow = ["--depth", str(depth)] if depth else []
+    _run(path, log, "submodule", "sync", "--recursive", label=label)
+    _run(path, log, "-c", "protocol.file.allow=always", "submodule", "update", "--init",
+         "--recursive", "--force", *shallow, label=label)
+
+
+def apply_series(path: Path, base: str, patches: list[tuple[str, bytes]]) -> str:
+    """Commit each patch on top of ``base`` without touching the work tree;
+    return the last commit.  ``patches`` holds (name shown to the user, bytes).
+    """
+    if not patches:
+        return base
+    with tempfile.TemporaryDirectory(prefix="kps-apply-") as tmp:
+        env = {**_IDENTITY, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        date = query(path, "show", "-s", "--format=%cI", base)
+        env["GIT_COMMITTER_DATE"] = date
+        query(path, "read-tree", base, env=env)
+        parent = base
+        for name, data in patches:
+            patch_file = Path(tmp) / "p.patch"
+            patch_file.write_bytes(data)
+            result = runner.capture_result(
+                _argv(path, "apply", "--cached", "--whitespace=nowarn", "-p1", str(patch_file)),
+                env={**_ENV, **env})
+            if result.returncode != 0:
+                why = result.stderr.decode("utf-8", "replace").strip() or "git apply failed"
+                raise PatchFailed(f"patch {name} does not apply:\n{why}")
+            if not query(path, "diff", "--cached", "--name-only", parent, env=env):
+                raise PatchFailed(f"patch {name} changes nothing (is it empty, or already "
+                                  "applied upstream?)")
+            tree = query(path, "write-tree", env=env)
+            subject, author = _describe_patch(path, name, data, tmp)
+            author_env = {**env, **author} if author else {**env, **_author_like_committer(env)}
+            parent = query(path, "commit-tree", tree, "-p", parent, "-m", subject, env=author_env)
+        return parent
+
+
+def _author_like_committer(env) -> dict[str, str]:
+    return {"GIT_AUTHOR_NAME": env["GIT_COMMITTER_NAME"],
+            "GIT_AUTHOR_EMAIL": env["GIT_COMMITTER_EMAIL"],
+            "GIT_AUTHOR_DATE": env["GIT_COMMITTER_DATE"]}
+
+
+def _describe_patch(path: Path, name: str, data: bytes, tmp: str):
+    """Subject and author of a format-patch mail; a plain diff gets its file name."""
+    result = runner.capture_result(
+        _argv(path, "mailinfo", "-k", str(Path(tmp) / "msg"), str(Path(tmp) / "patch")),
+        env=_ENV, input=data)
+    info = {}
+    if result.returncode == 0:
+        for line in result.stdout.decode("utf-8", "replace").splitlines():
+            key, _, value = line.partition(": ")
+            info[key] = value
+    subject = info.get("Subject") or f"Apply {Path(name).name}"
+    body = ""
+    try:
+        body = (Path(tmp) / "msg").read_text(errors="replace").strip()
+    except OSError:
+        pass
+    message = subject + (f"\n\n{body}" if body else "") + f"\n\n[kata-passt-stack: {name}]"
+    author = None
+    if info.get("Author") and info.get("Email"):
+        author = {"GIT_AUTHOR_NAME": info["Author"], "GIT_AUTHOR_EMAIL": info["Email"]}
+        if info.get("Date"):
+            author["GIT_AUTHOR_DATE"] = info["Date"]
+    return message, author
+
+
+def tree_of(path: Path, commit: str) -> str:
+    return query(path, "rev-parse", f"{commit}^{{tree}}")
+
+
+def paths_only_in(path: Path, old: str, new: str) -> list[str]:
+    """Files tracked at ``old`` but not at ``new``."""
+    out = query(path, "diff", "--name-only", "-z", "--no-renames", "--diff-filter=D", old, new)
+    return [p for p in out.split("\0") if p]
+
+
+# --------------------------------------------------------------------------
+# Status, for deciding what changed
+
+
+@dataclass
+class StatusEntry:
+    path: str
+    kind: str  # "changed", "untracked", "submodule"
+
+
+def status(path: Path) -> tuple[str | None, list[StatusEntry]]:
+    """HEAD commit and the changed, deleted, untracked and submodule paths."""
+    out = runner.capture(
+        _argv(path, "status", "--porcelain=v2", "-z", "--branch", "--untracked-files=all"),
+        env=None)
+    head_oid = None
+    entries: list[StatusEntry] = []
+    fields = out.split("\0")
+    i = 0
+    while i < len(fields):
+        rec = fields[i]
+        i += 1
+        if not rec:
+            continue
+        kind = rec[0]
+        if kind == "#":
+            if rec.startswith("# branch.oid "):
+                oid = rec[len("# branch.oid "):]
+                head_oid = oid if HEX40.match(oid) else None
+        elif kind == "?":
+            entries.append(StatusEntry(rec[2:], "untracked"))
+        elif kind in "12u":
+            parts = rec.split(" ", {"1": 8, "2": 9, "u": 10}[kind])
+            sub = parts[2]
+            name = parts[-1]
+            if kind == "2":
+                i += 1  # original path follows
+            entries.append(StatusEntry(name, "submodule" if sub.startswith("S") else "changed"))
+    return head_oid, entries
+
+
+def stash(path: Path, log: Path, label: str, message: str) -> None:
+    _run(path, log, "-c", "user.name=kata-passt-stack",
+         "-c", "user.email=kata-passt-stack@localhost",
+         "stash", "push", "--include-untracked", "-m", message, label=label)
+
+
+def on_some_ref(path: Path, commit: str) -> bool:
+    """Whether a branch or tag holds ``commit`` (so moving HEAD loses nothing)."""
+    out = query(path, "for-each-ref", "--count=1", "--contains", commit,
+                "--format=%(refname)", "refs/heads", "refs/tags", "refs/remotes", check=False)
+    return bool(out.strip())
+
+
+def commits_between(path: Path, base: str, tip: str) -> list[str]:
+    out = query(path, "log", "--format=%h %s", f"{base}..{tip}", check=False)
+    return out.splitlines()
+
+
+def clear_stale_locks(path: Path, before: float) -> None:
+    """Remove git lock files left by a git process that was killed (older than
+    this doit run, which holds the workdir lock)."""
+    gitdir = path / ".git"
+    if not gitdir.is_dir():
+        return
+    candidates = list(gitdir.glob("*.lock")) + list(gitdir.glob("refs/**/*.lock"))
+    for lock in candidates:
+        try:
+            if lock.stat().st_mtime < before:
+                lock.unlink()
+        except OSError:
+            pass

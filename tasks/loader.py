@@ -1,0 +1,67 @@
+"""Turn ``doit stack=PATH`` into a Workspace and doit's configuration.
+
+Called once when dodo.py is imported.  A bad stack file becomes doit's
+``InvalidDodoFile`` so doit prints our lines and exits non-zero, without a
+traceback and before anything runs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+from pathlib import Path
+
+from doit import get_initial_workdir
+from doit.exceptions import InvalidDodoFile
+
+from . import run
+from .errors import SpecError
+from .spec import load_stack
+from .workspace import Workspace
+
+DEFAULT_TASKS = ["fetch", "patch", "build", "install"]
+
+
+def stack_path(value: str | None, project: Path) -> Path:
+    if not value:
+        return project / "stack.yaml"
+    path = Path(os.path.expanduser(value))
+    if not path.is_absolute():
+        path = Path(get_initial_workdir() or os.getcwd()) / path
+    return path
+
+
+def workspace(value: str | None, project: Path) -> Workspace:
+    try:
+        stack = load_stack(stack_path(value, project))
+    except SpecError as err:
+        raise InvalidDodoFile(str(err)) from None
+    _stop_children_on_exit()
+    return Workspace(stack)
+
+
+def doit_config(ws: Workspace) -> dict:
+    ws.workdir.mkdir(parents=True, exist_ok=True)
+    return {
+        "dep_file": str(ws.workdir / ".doit.db"),
+        "backend": "sqlite3",
+        "default_tasks": DEFAULT_TASKS,
+        "action_string_formatting": "new",
+        "par_type": "thread",
+    }
+
+
+def _stop_children_on_exit() -> None:
+    """Builds run in their own process groups; make sure none outlives us
+    (Ctrl-C in a parallel run, or a SIGTERM)."""
+    atexit.register(run.stop_all)
+    try:
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (doit used as a library)
+        pass
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)

@@ -1,0 +1,162 @@
+"""patch:NAME: put the checkout at its base commit plus the patch series.
+
+The series is applied to a temporary index and committed (one commit per
+patch, so ``git log`` in the checkout shows what was applied); only when all
+of it applies does HEAD move, in one ``git checkout``.  A series that does
+not apply leaves the checkout clean at its base commit, with no .rej or
+.orig files.  A checkout with local edits is never moved.  A move that was
+interrupted (the process killed mid-checkout) is detected from a marker file
+and finished cleanly by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from . import git
+from .action import step
+from .errors import PatchFailed, StackError
+from .run import say
+from .spec import Component
+from .state import Check, atomic_write
+from .workspace import Workspace
+
+
+def patch_bytes(ws: Workspace, c: Component) -> list[tuple[str, bytes]]:
+    """(name shown to the user, content) of each patch, in order."""
+    out = []
+    for p in c.patches:
+        if p.component is None:
+            file, shown = p.file, str(p.file)
+        else:
+            file = ws.checkout(p.component) / p.path
+            shown = f"{p.path} (in {p.component}'s checkout)"
+        try:
+            out.append((shown, file.read_bytes()))
+        except FileNotFoundError:
+            raise PatchFailed(f"{c.name}: patch {shown} not found") from None
+        except OSError as err:
+            raise PatchFailed(f"{c.name}: cannot read patch {shown}: {err.strerror}") from None
+    return out
+
+
+def patch_key(ws: Workspace, c: Component) -> dict:
+    base = ws.lockfile.commit_for(c.name, c.git, c.ref)
+    if base is None:
+        raise StackError("the ref is not resolved yet (fetch has not run)")
+    series = [[name, hashlib.sha256(data).hexdigest()[:24]] for name, data in patch_bytes(ws, c)]
+    return {"base": base, "patches": series, "submodules": c.submodules}
+
+
+class PatchCheck(Check):
+    """Stale when the base commit or any patch's content changes."""
+
+    def __init__(self, ws: Workspace, c: Component):
+        super().__init__(ws.stamps, f"patch:{c.name}")
+        self.ws, self.c = ws, c
+
+    def key(self) -> dict:
+        return patch_key(self.ws, self.c)
+
+    def missing(self) -> str | None:
+        if self.ws.marker(self.c.name).exists():
+            return "a previous move of the checkout was interrupted"
+        return None
+
+
+def _recover(ws: Workspace, c: Component, log, label) -> None:
+    """Finish a checkout move that was killed half-way: back to where it
+    started, exactly (tracked files restored, files it had added removed)."""
+    marker = ws.marker(c.name)
+    try:
+        move = json.loads(marker.read_text())
+    except FileNotFoundError:
+        return
+    except ValueError:
+        marker.unlink()
+        return
+    path = ws.checkout(c.name)
+    say(f"  {label}finishing an interrupted checkout move ({move['from'][:12]} -> "
+        f"{move['to'][:12]})")
+    git.clear_stale_locks(path, ws.started + 1)
+    git.reset_hard(path, move["from"], log, label)
+    for leftover in git.paths_only_in(path, move["to"], move["from"]):
+        # Added by the interrupted checkout of "to"; the tree was clean before.
+        try:
+            os.unlink(path / leftover)
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+    marker.unlink()
+
+
+def _patch(ws: Workspace, c: Component) -> dict:
+    path = ws.checkout(c.name)
+    task_id = f"patch:{c.name}"
+    log = ws.log(task_id)
+    label = f"{task_id}: "
+    key = patch_key(ws, c)
+    base = key["base"]
+    git.clear_stale_locks(path, ws.started)
+    _recover(ws, c, log, label)
+    previous = ws.stamps.read(f"{task_id}#head") or {}
+    current = git.head(path)
+    outputs = ws.outputs(c.name)
+
+    try:
+        target = git.apply_series(path, base, patch_bytes(ws, c))
+    except PatchFailed as err:
+        if current != base and not [e for e in git.local_edits(path) if e not in outputs]:
+            _move(ws, c, current, base, log, label)
+        raise PatchFailed(
+            f"{c.name}: {err.message}",
+            hint="fix or drop the patch in stack.yaml (the checkout was left clean at its base "
+                 f"commit {base[:12]}), then run doit again") from None
+
+    if current != target:
+        why = ("its pin or patch series changed" if previous.get("key") else
+               "it must be put at its pinned commit")
+        if current and current != previous.get("head") and current != base \
+                and not git.on_some_ref(path, current):
+            mine = git.commits_between(path, previous.get("head") or base, current)
+            raise PatchFailed(
+                f"{c.name}: {why}, but HEAD has commits of yours on no branch:\n  "
+                + "\n  ".join(mine[:10]),
+                hint=f"keep them on a branch first (git -C {path} branch my-work), "
+                     "then run doit again")
+        if current:
+            git.refuse_if_edited(path, c.name, why, ignore=outputs)
+        _move(ws, c, current, target, log, label)
+    if c.submodules:
+        git.update_submodules(path, log, label, c.depth)
+    applied = len(c.patches)
+    say(f"  {label}{c.ref} ({base[:12]})" + (f" + {applied} patch(es) = {target[:12]}"
+                                              if applied else ""))
+    ws.stamps.write(f"{task_id}#head", {}, head=target)
+    return key
+
+
+def _move(ws: Workspace, c: Component, current: str | None, target: str, log, label) -> None:
+    path = ws.checkout(c.name)
+    marker = ws.marker(c.name)
+    if current:
+        atomic_write(marker, json.dumps({"from": current, "to": target}))
+    git.switch(path, target, log, label)
+    if current:
+        marker.unlink()
+
+
+def tasks(ws: Workspace):
+    for c in ws.stack.components.values():
+        deps = [f"fetch:{c.name}"] + [f"patch:{other}" for other in c.patch_sources()
+                                      if other != c.name]
+        yield {
+            "name": c.name,
+            "doc": f"check out {c.name} at {c.ref}"
+                   + (f" and apply {len(c.patches)} patch(es)" if c.patches else ""),
+            "actions": [step(ws, f"patch:{c.name}", lambda c=c: _patch(ws, c))],
+            "task_dep": deps,
+            "uptodate": [PatchCheck(ws, c)],
+            "verbosity": 2,
+        }

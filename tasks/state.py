@@ -1,0 +1,230 @@
+"""What the tool remembers between runs, and the checks that read it.
+
+Each task's last successful run leaves a *stamp*: the key it ran for (config,
+commits, content fingerprints), written atomically by the action itself as
+its last step and removed as its first.  doit's own database is written only
+when a run ends, so after a ``kill -9`` it would forget every task that
+finished in that run; stamps make each finished task durable at once, and a
+task killed half-way has no stamp, so it can never look up to date.
+
+The up-to-date checks are small classes with ``__call__(task, values)`` (the
+doit protocol) that compare the key computed now with the stamp, and a
+``__repr__`` saying in plain words what changed, which ``doit info`` prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from .errors import StackError
+
+_HASH_CHUNK = 1 << 20
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int | None = None) -> None:
+    """Write ``path`` so that a reader sees the old or the new content, never
+    half of it, even if this process is killed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def digest(obj) -> str:
+    """A short stable hash of a JSON-able value."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+# --------------------------------------------------------------------------
+# Stamps
+
+
+class Stamps:
+    """One JSON file per task under ``<workdir>/state/stamps``."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _file(self, task_id: str) -> Path:
+        return self.root / (task_id.replace(":", "@").replace("/", "@") + ".json")
+
+    def read(self, task_id: str) -> dict | None:
+        try:
+            return json.loads(self._file(task_id).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write(self, task_id: str, key: dict, **extra) -> None:
+        record = {"task": task_id, "key": key, "time": time.time(), **extra}
+        atomic_write(self._file(task_id), json.dumps(record, sort_keys=True, indent=1))
+
+    def clear(self, task_id: str) -> None:
+        try:
+            self._file(task_id).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def explain(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Plain-words differences between two keys."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        name = f"{prefix}{k}"
+        if k not in old:
+            out.append(f"{name} is new")
+        elif k not in new:
+            out.append(f"{name} was removed")
+        elif old[k] != new[k]:
+            a, b = old[k], new[k]
+            if isinstance(a, dict) and isinstance(b, dict):
+                out.extend(explain(a, b, name + "."))
+            else:
+                out.append(f"{name}: {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _short(v) -> str:
+    text = json.dumps(v) if not isinstance(v, str) else v
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Check:
+    """doit ``uptodate`` check: up to date when ``key()`` equals the stamp's.
+
+    Subclasses define ``key()`` (may raise ``StackError`` to say "stale,
+    because...") and may define ``missing()`` for outputs that must exist.
+    """
+
+    def __init__(self, stamps: Stamps, task_id: str):
+        self.stamps = stamps
+        self.task_id = task_id
+        self.reason = "not checked yet"
+
+    def key(self) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def missing(self) -> str | None:
+        return None
+
+    def compare(self, old: dict, new: dict) -> tuple[dict, dict]:
+        """Both keys as they should be compared (a hook for filtering)."""
+        return old, new
+
+    def __call__(self, task=None, values=None) -> bool:
+        stamp = self.stamps.read(self.task_id)
+        if stamp is None:
+            self.reason = "never ran, or its last run did not finish"
+            return False
+        try:
+            now = self.key()
+        except StackError as err:
+            self.reason = err.message
+            return False
+        changes = explain(*self.compare(stamp.get("key", {}), now))
+        if changes:
+            self.reason = "; ".join(changes[:6]) + (" ..." if len(changes) > 6 else "")
+            return False
+        gone = self.missing()
+        if gone:
+            self.reason = gone
+            return False
+        self.reason = "up to date"
+        return True
+
+    def __repr__(self) -> str:
+        return f"{self.task_id}: {self.reason}"
+
+
+# --------------------------------------------------------------------------
+# Content fingerprints
+
+
+class HashCache:
+    """Content hashes of files, reused while (size, mtime, ctime, inode) hold.
+
+    Entries younger than two seconds are not trusted (an edit within the same
+    timestamp tick would go unseen), as git does for its index.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._data: dict[str, list] | None = None
+        self._dirty = False
+
+    def _load(self) -> dict:
+        if self._data is None:
+            try:
+                self._data = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self._data = {}
+        return self._data
+
+    def fingerprint(self, path: Path) -> str:
+        """``f:<hash>`` for a file, ``l:<target>`` for a symlink, ``d`` for a
+        folder, ``-`` for nothing there."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return "-"
+        except OSError as err:
+            return f"error:{err.strerror}"
+        if stat.S_ISLNK(st.st_mode):
+            return "l:" + os.readlink(path)
+        if stat.S_ISDIR(st.st_mode):
+            return "d"
+        if not stat.S_ISREG(st.st_mode):
+            return f"special:{stat.S_IFMT(st.st_mode)}"
+        mode = "x" if st.st_mode & 0o111 else ""
+        sig = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        key = str(path)
+        with self._lock:
+            cached = self._load().get(key)
+        if cached and cached[:4] == sig:
+            return f"f{mode}:{cached[4]}"
+        h = hashlib.blake2b(digest_size=16)
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(_HASH_CHUNK):
+                    h.update(chunk)
+        except OSError as err:
+            return f"error:{err.strerror}"
+        value = h.hexdigest()
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > 2_000_000_000:
+            with self._lock:
+                self._load()[key] = sig + [value]
+                self._dirty = True
+        return f"f{mode}:{value}"
+
+    def save(self) -> None:
+        with self._lock:
+            if not self._dirty or self._data is None:
+                return
+            data = json.dumps(self._data, separators=(",", ":"))
+            self._dirty = False
+        try:
+            atomic_write(self.path, data)
+        except OSError:
+            pass  # only a cache

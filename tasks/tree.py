@@ -1,0 +1,96 @@
+"""The content state of a checkout, decided from git.
+
+Listing every source file as a doit ``file_dep`` makes each run after a
+``git checkout`` re-hash the whole tree, and keeps doing so while the task is
+up to date.  Instead the state is the commit's tree (``HEAD^{tree}``: the
+same content under a new commit is the same state) plus a content
+fingerprint of every path ``git status`` reports as changed or untracked
+(the text of ``git status`` alone misses a second edit of an already-edited
+file).  Ignored files are build output by definition; untracked files our
+own build and install commands created are recorded as outputs and left out
+too.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from . import git
+from .errors import StackError
+from .state import HashCache, atomic_write
+
+_trees_lock = threading.Lock()
+
+
+def scan(path: Path, cache: HashCache) -> tuple[str | None, dict[str, str]]:
+    """HEAD commit and ``{path: fingerprint}`` of every changed or untracked
+    path, submodules included (a submodule's HEAD is ``<path>@``)."""
+    head, entries = git.status(path)
+    dirty: dict[str, str] = {}
+    _collect(path, "", entries, cache, dirty)
+    return head, dirty
+
+
+def _collect(root: Path, prefix: str, entries, cache: HashCache, out: dict) -> None:
+    for entry in entries:
+        rel = prefix + entry.path
+        where = root / entry.path
+        if entry.kind == "submodule" and git.is_repo(where):
+            sub_head, sub_entries = git.status(where)
+            out[rel + "@"] = sub_head or "-"
+            _collect(where, rel + "/", sub_entries, cache, out)
+        else:
+            out[rel] = ("?" if entry.kind == "untracked" else "") + cache.fingerprint(where)
+
+
+def untracked(dirty: dict[str, str]) -> set[str]:
+    return {p for p, fp in dirty.items() if fp.startswith("?")}
+
+
+class Trees:
+    """commit -> tree, remembered on disk (it never changes for a commit)."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        self._data: dict[str, str] | None = None
+
+    def tree(self, repo: Path, commit: str) -> str:
+        with _trees_lock:
+            if self._data is None:
+                try:
+                    self._data = json.loads(self.file.read_text())
+                except (OSError, ValueError):
+                    self._data = {}
+            tree = self._data.get(commit)
+        if tree:
+            return tree
+        tree = git.tree_of(repo, commit)
+        with _trees_lock:
+            self._data[commit] = tree
+            if len(self._data) > 500:
+                self._data = dict(list(self._data.items())[-200:])
+            try:
+                atomic_write(self.file, json.dumps(self._data))
+            except OSError:
+                pass
+        return tree
+
+
+def source_state(path: Path, cache: HashCache, trees: Trees) -> dict:
+    """``{"tree": ..., "edits": {path: fingerprint}}`` of a checkout now."""
+    if not git.is_repo(path):
+        raise StackError(f"checkout {path} is missing")
+    head, dirty = scan(path, cache)
+    cache.save()
+    if head is None:
+        raise StackError(f"checkout {path} has no commit checked out")
+    return {"tree": trees.tree(path, head), "edits": dirty}
+
+
+def without_outputs(state: dict, outputs: set[str]) -> dict:
+    """The state with our own build outputs left out (compare like with like:
+    both the saved and the current state are filtered by today's outputs)."""
+    edits = {p: fp for p, fp in state.get("edits", {}).items() if p not in outputs}
+    return {"tree": state.get("tree"), "edits": edits}

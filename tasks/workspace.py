@@ -1,0 +1,132 @@
+"""Where things live for one stack, and the per-run shared helpers.
+
+A ``Workspace`` is made once when dodo.py loads: the validated ``Stack``
+plus the folders under the workdir (``src/``, ``logs/``, ``state/``), the
+stamps, the per-checkout hash caches and build-output records, and the run
+lock.  Creating it touches nothing on disk: ``doit list`` stays read-only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+from .errors import LockHeld
+from .lockfile import LockFile
+from .spec import Component, Part, Stack
+from .state import HashCache, Stamps, atomic_write
+from .tree import Trees
+
+
+class Workspace:
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.settings = stack.settings
+        self.workdir = stack.settings.workdir
+        self.src = self.workdir / "src"
+        self.logs = self.workdir / "logs"
+        self.state = self.workdir / "state"
+        self.stamps = Stamps(self.state / "stamps")
+        self.lockfile = LockFile(stack.lock_path)
+        self.trees = Trees(self.state / "trees.json")
+        self.started = time.time()
+        self._caches: dict[str, HashCache] = {}
+        self._outputs_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._lock_guard = threading.Lock()
+
+    # -- paths ---------------------------------------------------------------
+
+    def checkout(self, name: str) -> Path:
+        return self.src / name
+
+    def log(self, task_id: str) -> Path:
+        return self.logs / (task_id.replace(":", "-").replace("/", "-") + ".log")
+
+    def marker(self, name: str) -> Path:
+        """Exists while the patch step moves a checkout (see patch.py)."""
+        return self.state / "moving" / f"{name}.json"
+
+    def hashes(self, name: str) -> HashCache:
+        cache = self._caches.get(name)
+        if cache is None:
+            cache = self._caches[name] = HashCache(self.state / "hashes" / f"{name}.json")
+        return cache
+
+    def component(self, name: str) -> Component:
+        return self.stack.components[name]
+
+    # -- build outputs in checkouts -------------------------------------------
+
+    def _outputs_file(self, name: str) -> Path:
+        return self.state / "outputs" / f"{name}.json"
+
+    def outputs(self, name: str) -> set[str]:
+        """Untracked paths our own build and install commands created in a
+        checkout: build output, not source edits."""
+        try:
+            return set(json.loads(self._outputs_file(name).read_text()))
+        except (OSError, ValueError, TypeError):
+            return set()
+
+    def add_outputs(self, name: str, paths: set[str]) -> None:
+        with self._outputs_lock:
+            data = self.outputs(name)
+            if paths <= data:
+                return
+            atomic_write(self._outputs_file(name), json.dumps(sorted(data | paths), indent=0))
+
+    def forget_outputs(self, name: str) -> None:
+        try:
+            self._outputs_file(name).unlink()
+        except FileNotFoundError:
+            pass
+
+    # -- command environment ---------------------------------------------------
+
+    def env(self, part: Part) -> dict[str, str]:
+        """What every build and install command gets (besides os.environ)."""
+        env = dict(part.env)
+        env.update({
+            "SRC": str(self.checkout(part.component)),
+            "DESTDIR": self.settings.destdir,
+            "PREFIX": self.settings.prefix,
+            "JOBS": str(self.settings.jobs),
+        })
+        return env
+
+    def needs_sudo(self) -> bool:
+        """Install commands get sudo when not root and installing live."""
+        return (self.settings.sudo == "auto" and os.geteuid() != 0
+                and not self.settings.destdir)
+
+    # -- the run lock -------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Hold ``<workdir>/.lock`` for the rest of this process, or refuse at
+        once if another doit run holds it.  Taken by the first action that
+        changes anything, so ``doit list`` and ``doit info`` never wait."""
+        with self._lock_guard:
+            if self._lock_fd is not None:
+                return
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            path = self.workdir / ".lock"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    holder = os.read(fd, 200).decode(errors="replace").strip()
+                finally:
+                    os.close(fd)
+                raise LockHeld(
+                    f"another doit run is working in {self.workdir} ({holder or 'unknown pid'})",
+                    hint="wait for it to finish, or stop it; then run doit again",
+                ) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()}, since {time.strftime('%H:%M:%S')}".encode())
+            self._lock_fd = fd
