@@ -40,7 +40,7 @@ def fetch_key(ws: Workspace, c: Component) -> dict:
     return {
         "git": c.git,
         "ref": c.ref,
-        "submodules": c.submodules,
+        "submodules": list(c.submodules) if isinstance(c.submodules, tuple) else c.submodules,
         "depth": c.depth,
         "commit": ws.lockfile.commit_for(c.name, c.git, c.ref),
     }

@@ -216,11 +216,13 @@ def clean_untracked(path: Path, log: Path, label: str) -> None:
     _run(path, log, "clean", "-q", "-d", "-f", label=label)
 
 
-def update_submodules(path: Path, log: Path, label: str, depth: int) -> None:
-    shallow = ["--depth", str(depth)] if depth else []
-    _run(path, log, "submodule", "sync", "--recursive", label=label)
+def update_submodules(path: Path, log: Path, label: str, which) -> None:
+    """Check out submodules at the commits the superproject pins: all of them
+    (``which`` is True) or only the listed paths (and their own submodules)."""
+    paths = ["--", *which] if isinstance(which, (list, tuple)) else []
+    _run(path, log, "submodule", "sync", "--recursive", *paths, label=label)
     _run(path, log, "-c", "protocol.file.allow=always", "submodule", "update", "--init",
-         "--recursive", "--force", *shallow, label=label)
+         "--recursive", "--force", *paths, label=label)
 
 
 def apply_series(path: Path, base: str, patches: list[tuple[str, bytes]]) -> str:

@@ -47,7 +47,11 @@ def patch_key(ws: Workspace, c: Component) -> dict:
     if base is None:
         raise StackError("the ref is not resolved yet (fetch has not run)")
     series = [[name, hashlib.sha256(data).hexdigest()[:24]] for name, data in patch_bytes(ws, c)]
-    return {"base": base, "patches": series, "submodules": c.submodules}
+    return {"base": base, "patches": series, "submodules": _jsonable(c.submodules)}
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 class PatchCheck(Check):
@@ -129,7 +133,7 @@ def _patch(ws: Workspace, c: Component) -> dict:
             git.refuse_if_edited(path, c.name, why, ignore=outputs)
         _move(ws, c, current, target, log, label)
     if c.submodules:
-        git.update_submodules(path, log, label, c.depth)
+        git.update_submodules(path, log, label, c.submodules)
     applied = len(c.patches)
     say(f"  {label}{c.ref} ({base[:12]})" + (f" + {applied} patch(es) = {target[:12]}"
                                               if applied else ""))

@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WrapValidator,
 )
 
 from . import yamlsrc
@@ -35,6 +36,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 PART_RE = NAME_RE
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV = ("SRC", "DESTDIR", "PREFIX", "JOBS")
+BOOL_HINT = "YAML reads yes/no/on/off/true/false as a boolean: quote the value"
 
 
 # --------------------------------------------------------------------------
@@ -56,14 +58,23 @@ def _patch_entry(value):
 
 def _env_value(value):
     if isinstance(value, bool):
-        raise ValueError(
-            "YAML reads yes/no/on/off/true/false as a boolean: quote the value"
-        )
+        raise ValueError(BOOL_HINT)
     if value is None:
         raise ValueError("empty value: write '' for an empty string")
     if isinstance(value, (int, float)):
         return str(value)
     return value
+
+
+def _either(message: str) -> WrapValidator:
+    """One line for a union that fails: pydantic would report each member
+    apart (``submodules.bool: ...`` and ``submodules: ...``)."""
+    def validate(value, handler):
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(message + _got(value)) from None
+    return WrapValidator(validate)
 
 
 Commands = Annotated[tuple[str, ...], BeforeValidator(_as_list)]
@@ -90,7 +101,8 @@ class PartFile(_Strict):
 class ComponentFile(PartFile):
     git: str = Field(min_length=1)
     ref: str = Field(min_length=1)
-    submodules: bool = False
+    submodules: Annotated[bool | tuple[str, ...],
+                          _either("must be true, false or a list of submodule paths")] = False
     depth: int = Field(0, ge=0)
     patches: tuple[Annotated[PatchEntry, BeforeValidator(_patch_entry)], ...] = ()
     needs: tuple[str, ...] = ()
@@ -149,7 +161,7 @@ class Component:
     name: str
     git: str
     ref: str
-    submodules: bool
+    submodules: bool | tuple[str, ...]  # True: all, recursively; a tuple: those paths
     depth: int
     patches: tuple[Patch, ...]
     needs: tuple[str, ...]
@@ -286,6 +298,12 @@ class Problems:
             message = f"got {e.get('input')!r}: {_lower(e['msg'])}"
         elif kind == "value_error":
             message = str(e.get("ctx", {}).get("error", e["msg"]))
+        elif kind in _SHAPES:  # not "a valid tuple" or "instance of ComponentFile"
+            message = f"must be {_SHAPES[kind]}" + _got(e.get("input"))
+            if isinstance(e.get("input"), bool):
+                message += f": {BOOL_HINT}"
+        elif kind in ("too_short", "string_too_short") and e.get("ctx", {}).get("min_length") == 1:
+            message = "must not be empty"
         else:
             message = _lower(e["msg"])
             if "input" in e and not isinstance(e["input"], (dict, list)):
@@ -295,6 +313,18 @@ class Problems:
     def error(self, path: Path) -> SpecError:
         ordered = [text for _, text in sorted(self.lines, key=lambda x: x[0])]
         return SpecError(path, ordered)
+
+
+_SHAPES = {"tuple_type": "a list", "list_type": "a list", "string_type": "a string",
+           "dict_type": "a mapping", "model_type": "a mapping"}
+
+
+def _got(value) -> str:
+    if isinstance(value, dict):
+        return " (got a mapping)"
+    if isinstance(value, list):
+        return " (got a list)"
+    return f" (got {value!r})"
 
 
 def _is_internal_loc(part) -> bool:
@@ -387,7 +417,7 @@ def _inside(path: str) -> bool:
     """A relative path that stays inside its base folder."""
     if not path or path.startswith("/"):
         return False
-    return not posixpath.normpath(path).startswith("..") and ".." not in path.split("/")
+    return ".." not in path.split("/")
 
 
 def _resolve(path: Path, s: SettingsFile, model_components: dict[str, ComponentFile],
@@ -431,6 +461,11 @@ def _resolve(path: Path, s: SettingsFile, model_components: dict[str, ComponentF
             elif need not in names:
                 problems.add(loc + ("needs", i), f"unknown component '{need}'"
                              + _did_you_mean(need, names))
+        if isinstance(c.submodules, tuple):
+            for i, sub in enumerate(c.submodules):
+                if not _inside(sub):
+                    problems.add(loc + ("submodules", i),
+                                 f"must be a path inside the checkout (got {sub!r})")
         patches = []
         for i, p in enumerate(c.patches):
             ploc = loc + ("patches", i)
@@ -448,14 +483,14 @@ def _resolve(path: Path, s: SettingsFile, model_components: dict[str, ComponentF
                                  f"checkout of '{p.component}' (got {p.path!r})")
                 patches.append(Patch(p.path, p.component, None))
         parts = []
-        if c.parts is not None:
+        if "parts" in c.model_fields_set:  # 'parts:' left empty is None
             for key in ("build", "artifacts", "install", "installs", "env"):
                 if key in c.model_fields_set:
                     problems.add(loc + (key,), "a component with 'parts' keeps build, artifacts, "
                                  "install, installs and env inside each part")
             if not c.parts:
                 problems.add(loc + ("parts",), "empty: give at least one part or drop 'parts'")
-            for pname, part in c.parts.items():
+            for pname, part in (c.parts or {}).items():
                 if not PART_RE.match(pname):
                     problems.add(loc + ("parts", pname), "bad part name: use lower-case letters, "
                                  "digits, '.', '_' and '-'")
@@ -476,7 +511,8 @@ def _resolve(path: Path, s: SettingsFile, model_components: dict[str, ComponentF
         )
 
     for kind, edges in (
-        ("needs", {n: [d for d in c.needs if d in components] for n, c in components.items()}),
+        ("needs", {n: [d for d in c.needs if d in components and d != n]
+                   for n, c in components.items()}),
         ("patch source", {n: [d for d in c.patch_sources() if d in components and d != n]
                           for n, c in components.items()}),
     ):
