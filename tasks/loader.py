@@ -34,7 +34,7 @@ def stack_path(value: str | None, project: Path) -> Path:
 
 def workspace(value: str | None, project: Path) -> Workspace:
     try:
-        stack = load_stack(stack_path(value, project))
+        stack = load_stack(stack_path(value, project), project=project)
     except SpecError as err:
         raise InvalidDodoFile(str(err)) from None
     _stop_children_on_exit()

@@ -16,8 +16,9 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -96,6 +97,7 @@ class PartFile(_Strict):
     install: Commands = ()
     installs: tuple[str, ...] = ()
     env: dict[str, EnvValue] = {}
+    requires: tuple[str, ...] = ()  # prerequisites checked by 'doit check'
 
 
 class ComponentFile(PartFile):
@@ -123,10 +125,52 @@ def _version(value):
     return value
 
 
+class ImageFile(_Strict):
+    builder: str = "mbuto"
+    profile: str = "kata"
+    output: str = Field("build/kata.img", min_length=1)
+    compression: Literal["none", "gzip", "lz4", "lzma", "lzo", "auto"] = "lz4"
+    kernel: str = Field("auto", min_length=1)
+    modules_root: str = Field("/", min_length=1)
+    add: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+
+
+class ConfigFile(_Strict):
+    path: str = Field(min_length=1)
+    format: Literal["toml", "json", "yaml"]
+    base: str | None = None
+    set: dict[str, Any] = {}
+    unset: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+    create_only: bool = False  # write it only when the file does not exist yet
+
+
+class PodFile(_Strict):
+    runtime: str = Field("kata", min_length=1)
+    image: str = Field("docker.io/library/busybox:latest", min_length=1)
+    command: tuple[str, ...] = ("sleep", "6000")
+    pod_config: str = "configs/pod-config.json"
+    container_config: str = "configs/container-busybox.json"
+    crio_args: tuple[str, ...] = ("--log-level", "debug")
+    ping: bool = True
+    socket: str = "/var/run/crio/crio.sock"
+    start_timeout: int = Field(60, gt=0)
+
+
+class DebugFile(_Strict):
+    qemu_log: bool = False
+    agent_debug_console: bool = False
+
+
 class StackFile(_Strict):
     version: Annotated[int, AfterValidator(_version)]
     settings: SettingsFile = SettingsFile()
     components: dict[str, ComponentFile] = Field(min_length=1)
+    image: ImageFile | None = None
+    configs: dict[str, ConfigFile] = {}
+    pod: PodFile | None = None
+    debug: DebugFile = DebugFile()
 
 
 # --------------------------------------------------------------------------
@@ -149,6 +193,7 @@ class Part:
     install: tuple[str, ...]
     installs: tuple[str, ...]  # absolute target paths, ${PREFIX} expanded
     env: tuple[tuple[str, str], ...]
+    requires: tuple[str, ...] = ()  # the component's and the part's own
 
     @property
     def id(self) -> str:
@@ -187,10 +232,58 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class Image:
+    builder: str
+    profile: str
+    output: Path
+    compression: str
+    kernel: str  # "auto" or a version
+    modules_root: str
+    add: tuple[str, ...]
+    needs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    path: str  # on the target system
+    format: str
+    base: str | None  # on the target system
+    set: dict
+    unset: tuple[str, ...]
+    needs: tuple[str, ...]  # component names, or "image"
+    create_only: bool
+
+
+@dataclass(frozen=True)
+class Pod:
+    runtime: str
+    image: str
+    command: tuple[str, ...]
+    pod_config: Path
+    container_config: Path
+    crio_args: tuple[str, ...]
+    ping: bool
+    socket: str
+    start_timeout: int
+
+
+@dataclass(frozen=True)
+class Debug:
+    qemu_log: bool
+    agent_debug_console: bool
+
+
+@dataclass(frozen=True)
 class Stack:
     path: Path
     settings: Settings
     components: dict[str, Component]
+    image: Image | None = None
+    configs: dict[str, Config] = dataclass_field(default_factory=dict)
+    pod: Pod | None = None
+    debug: Debug = Debug(False, False)
+    project: Path | None = None  # this tool's folder (templates in configs/)
 
     @property
     def dir(self) -> Path:
@@ -211,9 +304,10 @@ class Stack:
 # Loading
 
 
-def load_stack(path) -> Stack:
+def load_stack(path, project: Path | None = None) -> Stack:
     """Read, validate and resolve a stack file; raise ``SpecError`` listing
-    every problem found."""
+    every problem found.  ``project`` is this tool's folder: relative pod
+    templates not found beside the stack file are looked up there."""
     path = Path(path).absolute()
     try:
         text = path.read_text(encoding="utf-8")
@@ -236,13 +330,16 @@ def load_stack(path) -> Stack:
         model = StackFile.model_validate(located.data)
         settings, components = model.settings, model.components
         names = set(components)
+        sections = model
     except ValidationError as err:
         for e in err.errors(include_url=False):
             problems.add_pydantic(e)
         # Keep going with the parts that are valid, so that one run reports
         # the cross-field problems too.
         settings, components, names = _valid_parts(located.data)
+        sections = _valid_sections(located.data)
     stack = _resolve(path, settings, components, names, located, problems)
+    stack = _resolve_sections(stack, sections, names, project, problems)
     if problems:
         raise problems.error(path)
     return stack
@@ -263,6 +360,27 @@ def _valid_parts(data: dict):
             except ValidationError:
                 pass
     return settings, components, names
+
+
+def _valid_sections(data: dict) -> StackFile:
+    """The image, configs, pod and debug sections that validate on their own."""
+    out = {}
+    for key, model in (("image", ImageFile), ("pod", PodFile), ("debug", DebugFile)):
+        try:
+            if data.get(key) is not None:
+                out[key] = model.model_validate(data[key])
+        except ValidationError:
+            pass
+    configs = {}
+    if isinstance(data.get("configs"), dict):
+        for name, body in data["configs"].items():
+            try:
+                configs[name] = ConfigFile.model_validate(body)
+            except ValidationError:
+                pass
+    return StackFile.model_construct(version=1, settings=SettingsFile(), components={},
+                                     image=out.get("image"), configs=configs,
+                                     pod=out.get("pod"), debug=out.get("debug", DebugFile()))
 
 
 class Problems:
@@ -356,6 +474,14 @@ def _known_keys(loc: tuple, parent) -> list[str]:
         model = PartFile
     elif loc[0] == "components" and depth == 4 and loc[2] == "patches":
         model = PatchEntry
+    elif loc[0] == "image" and depth == 1:
+        model = ImageFile
+    elif loc[0] == "configs" and depth == 2:
+        model = ConfigFile
+    elif loc[0] == "pod" and depth == 1:
+        model = PodFile
+    elif loc[0] == "debug" and depth == 1:
+        model = DebugFile
     else:
         return []
     return list(model.model_fields)
@@ -494,7 +620,8 @@ def _resolve(path: Path, s: SettingsFile, model_components: dict[str, ComponentF
                 if not PART_RE.match(pname):
                     problems.add(loc + ("parts", pname), "bad part name: use lower-case letters, "
                                  "digits, '.', '_' and '-'")
-                parts.append(_part(name, pname, part, loc + ("parts", pname), settings, problems))
+                parts.append(_part(name, pname, part, loc + ("parts", pname), settings, problems,
+                                   c.requires))
         else:
             parts.append(_part(name, None, c, loc, settings, problems))
         for part in parts:
@@ -537,7 +664,7 @@ def _did_you_mean(word: str, names) -> str:
 
 
 def _part(component: str, name: str | None, f: PartFile, loc, settings: Settings,
-          problems: Problems) -> Part:
+          problems: Problems, inherited: tuple[str, ...] = ()) -> Part:
     for i, artifact in enumerate(f.artifacts):
         if artifact.startswith("/"):
             problems.add(loc + ("artifacts", i),
@@ -562,6 +689,7 @@ def _part(component: str, name: str | None, f: PartFile, loc, settings: Settings
     return Part(
         component=component, name=name, build=f.build, artifacts=f.artifacts,
         install=f.install, installs=tuple(installs), env=tuple(sorted(f.env.items())),
+        requires=tuple(dict.fromkeys(inherited + f.requires)),
     )
 
 
@@ -590,3 +718,82 @@ def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
             if found:
                 return found
     return None
+
+
+def _resolve_sections(stack: Stack, f: StackFile, names: set[str], project: Path | None,
+                      problems: Problems) -> Stack:
+    """Check and resolve the image, configs, pod and debug sections."""
+    base = stack.dir
+    image = None
+    if f.image is not None:
+        i = f.image
+        if i.builder not in names:
+            problems.add(("image", "builder"), f"unknown component '{i.builder}'"
+                         + _did_you_mean(i.builder, names))
+        for n, need in enumerate(i.needs):
+            if need not in names:
+                problems.add(("image", "needs", n), f"unknown component '{need}'"
+                             + _did_you_mean(need, names))
+        if i.kernel != "auto" and (i.kernel.startswith("-") or "/" in i.kernel):
+            problems.add(("image", "kernel"), f"not a kernel version: {i.kernel!r}")
+        if not i.modules_root.startswith("/"):
+            problems.add(("image", "modules_root"), "must be an absolute path")
+        output = (base / os.path.expanduser(i.output)).absolute()
+        image = Image(i.builder, i.profile, Path(os.path.normpath(output)), i.compression,
+                      i.kernel, i.modules_root, i.add, tuple(dict.fromkeys(i.needs)))
+    configs: dict[str, Config] = {}
+    written: dict[str, str] = {}
+    for name, c in f.configs.items():
+        loc = ("configs", name)
+        if not NAME_RE.match(name):
+            problems.add(loc, "bad config name: use lower-case letters, digits, '.', '_' "
+                              "and '-', starting with a letter or digit")
+        path = _norm_target(c.path)
+        if path is None:
+            problems.add(loc + ("path",), f"must be an absolute path without '..' "
+                         f"(got {c.path!r})")
+            continue
+        if path in written:
+            problems.add(loc + ("path",), f"{path} is also written by config '{written[path]}'")
+        written.setdefault(path, name)
+        cbase = None
+        if c.base is not None:
+            cbase = _norm_target(c.base)
+            if cbase is None:
+                problems.add(loc + ("base",), f"must be an absolute path without '..' "
+                             f"(got {c.base!r})")
+        for n, key in enumerate(c.unset):
+            if not key or any(not part for part in key.split(".")):
+                problems.add(loc + ("unset", n), f"not a dotted key: {key!r}")
+        for n, need in enumerate(c.needs):
+            if need != "image" and need not in names:
+                problems.add(loc + ("needs", n), f"unknown component '{need}' (or 'image')"
+                             + _did_you_mean(need, names))
+            if need == "image" and f.image is None:
+                problems.add(loc + ("needs", n), "there is no 'image' section")
+        configs[name] = Config(name, path, c.format, cbase, dict(c.set), c.unset,
+                               tuple(dict.fromkeys(c.needs)), c.create_only)
+    pod = None
+    if f.pod is not None:
+        p = f.pod
+        pod = Pod(p.runtime, p.image, p.command,
+                  _template(base, project, p.pod_config, ("pod", "pod_config"), problems),
+                  _template(base, project, p.container_config, ("pod", "container_config"),
+                            problems),
+                  p.crio_args, p.ping, p.socket, p.start_timeout)
+    debug = Debug(f.debug.qemu_log, f.debug.agent_debug_console)
+    return Stack(path=stack.path, settings=stack.settings, components=stack.components,
+                 image=image, configs=configs, pod=pod, debug=debug, project=project)
+
+
+def _template(base: Path, project: Path | None, value: str, loc, problems: Problems) -> Path:
+    """A template path: beside the stack file, else in this tool's folder."""
+    path = Path(os.path.expanduser(value))
+    candidates = [path] if path.is_absolute() else [base / path] + (
+        [project / path] if project else [])
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.absolute()
+    problems.add(loc, f"template not found: {value} (looked in "
+                 + ", ".join(str(c.parent) for c in candidates) + ")")
+    return candidates[0]
