@@ -1,6 +1,6 @@
 """kata-passt-stack: build the CRI-O / Kata / passt stack from stack.yaml.
 
-    doit                  fetch, patch, build and install what is stale
+    doit                  check, fetch, patch, build, install, image, configs
     doit stack=PATH       the same for another stack file
     doit list             every task;  doit info TASK: why it would run
     doit update[:NAME]    re-resolve tags and branches into stack.lock
@@ -14,7 +14,6 @@ from doit import get_var
 from tasks import build, fetch, loader, patch
 
 WS = loader.workspace(get_var("stack"), Path(__file__).parent)
-DOIT_CONFIG = loader.doit_config(WS)
 
 
 def task_fetch():
@@ -45,3 +44,12 @@ def task_update():
 def task_reset():
     """Stash a checkout's local edits so its pin or patches can be applied."""
     yield from fetch.reset_tasks(WS)
+
+
+# --- check ---
+
+# --- image and configs ---
+
+# --- pod ---
+
+DOIT_CONFIG = loader.doit_config(WS, globals())

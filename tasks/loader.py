@@ -20,7 +20,9 @@ from .errors import SpecError
 from .spec import load_stack
 from .workspace import Workspace
 
-DEFAULT_TASKS = ["fetch", "patch", "build", "install"]
+# What plain `doit` runs, in this order, where dodo.py defines it; run_pod,
+# stop_pod, update and reset run only when asked for.
+DEFAULT_TASKS = ["check", "fetch", "patch", "build", "install", "image", "config"]
 
 
 def stack_path(value: str | None, project: Path) -> Path:
@@ -41,12 +43,12 @@ def workspace(value: str | None, project: Path) -> Workspace:
     return Workspace(stack)
 
 
-def doit_config(ws: Workspace) -> dict:
+def doit_config(ws: Workspace, namespace: dict) -> dict:
     ws.workdir.mkdir(parents=True, exist_ok=True)
     return {
         "dep_file": str(ws.workdir / ".doit.db"),
         "backend": "sqlite3",
-        "default_tasks": DEFAULT_TASKS,
+        "default_tasks": [t for t in DEFAULT_TASKS if f"task_{t}" in namespace],
         "action_string_formatting": "new",
         "par_type": "thread",
     }
