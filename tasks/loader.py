@@ -10,13 +10,14 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import sys
 from pathlib import Path
 
 from doit import get_initial_workdir
 from doit.exceptions import InvalidDodoFile
 
 from . import run
-from .errors import SpecError
+from .errors import SpecError, StackError
 from .spec import load_stack
 from .workspace import Workspace
 
@@ -34,13 +35,26 @@ def stack_path(value: str | None, project: Path) -> Path:
     return path
 
 
-def workspace(value: str | None, project: Path) -> Workspace:
+# doit commands that only read: they must work while another run builds.
+READ_ONLY_COMMANDS = {"list", "info", "help", "dumpdb", "tabcompletion", "strace"}
+
+
+def workspace(value: str | None, project: Path, argv: list[str] | None = None) -> Workspace:
     try:
         stack = load_stack(stack_path(value, project), project=project)
     except SpecError as err:
         raise InvalidDodoFile(str(err)) from None
     _stop_children_on_exit()
-    return Workspace(stack)
+    ws = Workspace(stack)
+    args = sys.argv[1:] if argv is None else argv
+    if not READ_ONLY_COMMANDS.intersection(args):
+        # Refuse at once, before looking at any task, if another run holds
+        # the workdir (actions would take the lock anyway).
+        try:
+            ws.lock()
+        except StackError as err:
+            raise InvalidDodoFile(str(err)) from None
+    return ws
 
 
 def doit_config(ws: Workspace, namespace: dict) -> dict:
@@ -58,6 +72,17 @@ def _stop_children_on_exit() -> None:
     """Builds run in their own process groups; make sure none outlives us
     (Ctrl-C in a parallel run, or a SIGTERM)."""
     atexit.register(run.stop_all)
+    previous = sys.excepthook
+
+    def on_uncaught(kind, value, tb):
+        if issubclass(kind, KeyboardInterrupt):
+            run.stop_all()
+            print("\ninterrupted: the commands running were stopped; the next run "
+                  "redoes the unfinished tasks and keeps the finished ones", file=sys.stderr)
+            return
+        previous(kind, value, tb)
+
+    sys.excepthook = on_uncaught
     try:
         if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _terminate)

@@ -32,6 +32,65 @@ TAIL_LINES = 25
 _print_lock = threading.Lock()
 _running: dict[int, object] = {}
 _running_lock = threading.Lock()
+_registry: Path | None = None  # where running commands are recorded (see reap)
+
+
+def record_commands_in(folder: Path) -> None:
+    """Record every command started from now on in ``folder`` (one file per
+    process group, removed when it ends), so that the next run can stop the
+    commands a killed run left behind."""
+    global _registry
+    folder.mkdir(parents=True, exist_ok=True)
+    _registry = folder
+
+
+def _start_ticks(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def reap(folder: Path) -> list[str]:
+    """Stop the process groups a killed run left running; return their commands."""
+    stopped = []
+    for entry in sorted(folder.glob("*.pgid")) if folder.is_dir() else []:
+        try:
+            pid_text, ticks, command = entry.read_text().split("\n", 2)
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            entry.unlink(missing_ok=True)
+            continue
+        if _start_ticks(pid) == ticks:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(pid, sig)
+                except OSError:
+                    break
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline and _group_alive(pid):
+                    time.sleep(0.05)
+                if not _group_alive(pid):
+                    break
+            stopped.append(command)
+        entry.unlink(missing_ok=True)
+    return stopped
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie leader still counts for killpg; look at its state
+    try:
+        with open(f"/proc/{pgid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def say(message: str) -> None:
@@ -105,6 +164,7 @@ def run(
             )
             with _running_lock:
                 _running[id(proc)] = proc
+            entry = _record(proc.pid, shown)
             try:
                 proc.wait()
             except BaseException as err:
@@ -115,12 +175,42 @@ def run(
             finally:
                 with _running_lock:
                     _running.pop(id(proc), None)
+                if entry is not None:
+                    entry.unlink(missing_ok=True)
         except sh.ErrorReturnCode as err:
             out.flush()
             raise CommandFailed(shown, err.exit_code, tail(log, offset), str(log)) from None
         except sh.SignalException as err:  # pragma: no cover - killed from outside
             out.flush()
             raise CommandFailed(shown, -err.exit_code, tail(log, offset), str(log)) from None
+
+
+def _record(pid: int, command: str) -> Path | None:
+    if _registry is None:
+        return None
+    entry = _registry / f"{pid}.pgid"
+    try:
+        entry.write_text(f"{pid}\n{_start_ticks(pid)}\n{command}")
+    except OSError:
+        return None
+    return entry
+
+
+def start(argv: list[str], *, log: Path, sudo: bool = False,
+          label: str = "") -> subprocess.Popen:
+    """Start a long-running program (crio) in the background, in its own
+    session so it outlives this process and a Ctrl-C does not reach it; its
+    output appended to ``log``.  Not stopped by ``stop_all()``: the caller
+    records the pid and stops it when asked."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if sudo:
+        argv = ["sudo", "--", *argv]
+    say(f"  {label}$ {shlex.join(argv)} >> {log} 2>&1 &")
+    with open(log, "ab") as out, open(os.devnull, "rb") as devnull:
+        out.write(f"### {time.strftime('%Y-%m-%d %H:%M:%S')} $ {shlex.join(argv)}\n".encode())
+        out.flush()
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=devnull,
+                                start_new_session=True)
 
 
 def stop_all() -> None:

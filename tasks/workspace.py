@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import run
 from .errors import LockHeld
 from .lockfile import LockFile
 from .spec import Component, Part, Stack
@@ -130,3 +131,8 @@ class Workspace:
             os.ftruncate(fd, 0)
             os.write(fd, f"pid {os.getpid()}, since {time.strftime('%H:%M:%S')}".encode())
             self._lock_fd = fd
+            # Commands a killed run left behind would race with ours.
+            procs = self.state / "running"
+            for command in run.reap(procs):
+                run.say(f"stopped a command left running by an interrupted run: {command}")
+            run.record_commands_in(procs)
