@@ -58,7 +58,10 @@ def workspace(value: str | None, project: Path, argv: list[str] | None = None) -
 
 
 def doit_config(ws: Workspace, namespace: dict) -> dict:
-    ws.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        ws.make_workdir()  # doit opens its database there
+    except StackError as err:
+        raise InvalidDodoFile(str(err)) from None
     return {
         "dep_file": str(ws.workdir / ".doit.db"),
         "backend": "sqlite3",

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import run
-from .errors import LockHeld
+from .errors import LockHeld, StackError
 from .lockfile import LockFile
 from .spec import Component, Part, Stack
 from .state import HashCache, Stamps, atomic_write
@@ -107,6 +107,16 @@ class Workspace:
 
     # -- the run lock -------------------------------------------------------------
 
+    def make_workdir(self) -> None:
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.workdir, os.W_OK):
+                raise PermissionError(13, "not writable")
+        except OSError as err:
+            raise StackError(f"cannot use the workdir {self.workdir}: {err.strerror}",
+                             hint="set settings.workdir in the stack file to a folder "
+                                  "you can write") from None
+
     def lock(self) -> None:
         """Hold ``<workdir>/.lock`` for the rest of this process, or refuse at
         once if another doit run holds it.  Taken by the first action that
@@ -114,7 +124,7 @@ class Workspace:
         with self._lock_guard:
             if self._lock_fd is not None:
                 return
-            self.workdir.mkdir(parents=True, exist_ok=True)
+            self.make_workdir()
             path = self.workdir / ".lock"
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
