@@ -36,6 +36,9 @@ def step(ws: Workspace, task_id: str, work: Callable[[], dict | None]) -> Callab
             key = work()
         except StackError as err:
             return TaskFailed(f"{task_id}: {err}")
+        except OSError as err:  # disk full, permissions...: say what and where
+            where = f" ({err.filename})" if err.filename else ""
+            return TaskFailed(f"{task_id}: {err.strerror or err}{where}")
         if key is not None:
             extra = key.pop("_extra", {}) if isinstance(key, dict) else {}
             ws.stamps.write(task_id, key, **extra)

@@ -59,7 +59,16 @@ def resolve_and_fetch(ws: Workspace, c: Component) -> str:
         return locked
     if git.HEX40.match(c.ref) and git.has_commit(path, c.ref):
         return c.ref
-    remote = git.ls_remote(path, c.ref)
+    try:
+        remote = git.ls_remote(path, c.ref)
+    except GitError:
+        # Offline?  A ref fetched before still names what it named then.
+        remote = git.local_ref(path, c.ref) if not locked else None
+        if remote is None:
+            raise
+        say(f"  {label}origin cannot be reached; using '{c.ref}' as last fetched "
+            f"({remote.commit[:12]})")
+        return remote.commit
     if remote is None and not git.HEXISH.match(c.ref):
         raise GitError(
             f"{c.name}: ref '{c.ref}' not found at {c.git}",

@@ -170,6 +170,27 @@ def head(path: Path) -> str | None:
     return rev_parse(path, "HEAD")
 
 
+def branch(path: Path) -> str | None:
+    """The branch HEAD is on, or None when detached."""
+    try:
+        text = (path / ".git" / "HEAD").read_text().strip()
+    except OSError:
+        return None
+    if text.startswith("ref: refs/heads/"):
+        return text[len("ref: refs/heads/"):]
+    return None
+
+
+def local_ref(path: Path, ref: str) -> Remote | None:
+    """What ``ref`` named at origin when last fetched (tags, remote branches)."""
+    for name, local in ((f"refs/tags/{ref}", f"refs/tags/{ref}"),
+                        (f"refs/heads/{ref}", f"refs/remotes/origin/{ref}")):
+        commit = rev_parse(path, local)
+        if commit:
+            return Remote(name, commit)
+    return None
+
+
 def local_edits(path: Path) -> list[str]:
     """Tracked files changed and untracked files added (ignored files are
     build output, not edits)."""

@@ -67,6 +67,8 @@ class PatchCheck(Check):
     def missing(self) -> str | None:
         if self.ws.marker(self.c.name).exists():
             return "a previous move of the checkout was interrupted"
+        if git.head(self.ws.checkout(self.c.name)) is None:
+            return "the checkout has no commit checked out (was it removed?)"
         return None
 
 
@@ -131,7 +133,11 @@ def _patch(ws: Workspace, c: Component) -> dict:
                      "then run doit again")
         if current:
             git.refuse_if_edited(path, c.name, why, ignore=outputs)
+        branch = git.branch(path)
         _move(ws, c, current, target, log, label)
+        if branch:
+            say(f"  {label}the checkout was on your branch '{branch}' (kept, not built); "
+                f"it is now at the pinned, patched commit")
     if c.submodules:
         git.update_submodules(path, log, label, c.submodules)
     applied = len(c.patches)

@@ -53,10 +53,11 @@ class Workspace:
         return self.state / "moving" / f"{name}.json"
 
     def hashes(self, name: str) -> HashCache:
-        cache = self._caches.get(name)
-        if cache is None:
-            cache = self._caches[name] = HashCache(self.state / "hashes" / f"{name}.json")
-        return cache
+        with self._outputs_lock:
+            cache = self._caches.get(name)
+            if cache is None:
+                cache = self._caches[name] = HashCache(self.state / "hashes" / f"{name}.json")
+            return cache
 
     def component(self, name: str) -> Component:
         return self.stack.components[name]

@@ -366,3 +366,41 @@ def test_stack_variable_selects_the_spec(project, tmp_path):
     assert (other / "build" / "src" / "alpha" / "bin" / "alpha").exists()
     assert (other / "st" / "usr/local/bin/alpha").exists()
     assert (other / "s.lock").exists()
+
+
+def test_deleted_checkout_is_restored_and_rebuilt(ab):
+    ab.doit()
+    import shutil
+    shutil.rmtree(ab.src("beta"))
+    res = ab.doit()
+    assert sorted(res.ran) == ["build:beta", "fetch:beta", "patch:beta"]
+    assert ab.doit().ran == []
+
+
+def test_lost_lock_is_rebuilt_offline_from_the_fetched_refs(ab):
+    ab.doit()
+    lock = (ab.root / "stack.lock").read_text()
+    (ab.root / "stack.lock").unlink()
+    # Upstream unreachable: the refs fetched before still say what v1 was.
+    ab.up.alpha().rename(ab.root / "alpha-away")
+    ab.up.beta().rename(ab.root / "beta-away")
+    res = ab.doit()
+    assert "cannot be reached" in res.err
+    assert (ab.root / "stack.lock").read_text() == lock
+    assert not [t for t in res.ran if t.startswith(("patch", "build", "install"))]
+
+
+def test_branch_of_yours_is_kept_when_the_pin_moves(ab):
+    ab.doit()
+    src = ab.src("alpha")
+    git(src, "checkout", "-q", "-b", "mywork")
+    (src / "src/alpha.in").write_text("my branch\n")
+    git(src, "commit", "-q", "-am", "my work")
+    res = ab.doit()
+    assert "build:alpha" in res.ran  # your commit is built
+    assert ab.staged("/usr/local/bin/alpha").read_text().endswith("echo my branch\n")
+    ab.edit_stack("ref: v1", "ref: v2")
+    res = ab.doit()
+    assert "your branch 'mywork' (kept" in res.err
+    assert git(src, "log", "-1", "--format=%s", "mywork") == "my work"
+    assert ab.staged("/usr/local/bin/alpha").read_text().endswith("echo alpha two\n")
