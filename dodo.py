@@ -11,7 +11,7 @@ from pathlib import Path
 
 from doit import get_var
 
-from tasks import build, fetch, loader, patch
+from tasks import build, check, fetch, loader, patch
 
 WS = loader.workspace(get_var("stack"), Path(__file__).parent)
 
@@ -47,6 +47,12 @@ def task_reset():
 
 
 # --- check ---
+
+
+def task_check():
+    """Check the tools, libraries and devices the stack needs; say how to install them."""
+    return check.task(WS)
+
 
 # --- image and configs ---
 

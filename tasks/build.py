@@ -188,7 +188,7 @@ def build_tasks(ws: Workspace):
                 "name": part.id,
                 "doc": f"build {part.id}" + (f" (after {', '.join(c.needs)})" if c.needs else ""),
                 "actions": [step(ws, f"build:{part.id}", lambda p=part: _build(ws, p))],
-                "task_dep": [f"patch:{c.name}"] + needs,
+                "task_dep": ["check", f"patch:{c.name}"] + needs,
                 "uptodate": [BuildCheck(ws, part)],
                 "verbosity": 2,
             }

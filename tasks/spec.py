@@ -30,7 +30,7 @@ from pydantic import (
     WrapValidator,
 )
 
-from . import yamlsrc
+from . import prereqs, yamlsrc
 from .errors import SpecError
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -616,6 +616,8 @@ def _resolve(path: Path, s: SettingsFile, model_components: dict[str, ComponentF
                                  "install, installs and env inside each part")
             if not c.parts:
                 problems.add(loc + ("parts",), "empty: give at least one part or drop 'parts'")
+            for i, message in prereqs.problems(c.requires):
+                problems.add(loc + ("requires", i), message)
             for pname, part in (c.parts or {}).items():
                 if not PART_RE.match(pname):
                     problems.add(loc + ("parts", pname), "bad part name: use lower-case letters, "
@@ -686,6 +688,8 @@ def _part(component: str, name: str | None, f: PartFile, loc, settings: Settings
         elif key in RESERVED_ENV:
             problems.add(loc + ("env", key), f"{key} is set by the tool for every command; "
                          "change it in settings instead")
+    for i, message in prereqs.problems(f.requires):
+        problems.add(loc + ("requires", i), message)
     return Part(
         component=component, name=name, build=f.build, artifacts=f.artifacts,
         install=f.install, installs=tuple(installs), env=tuple(sorted(f.env.items())),

@@ -7,7 +7,7 @@ import time
 
 from conftest import ALPHA_BETA, commit_all, git, write
 
-ALL_AB = ["fetch:alpha", "fetch:beta", "patch:alpha", "patch:beta",
+ALL_AB = ["check", "fetch:alpha", "fetch:beta", "patch:alpha", "patch:beta",
           "build:alpha", "install:alpha", "build:beta", "install:beta"]
 
 
