@@ -11,7 +11,7 @@ from pathlib import Path
 
 from doit import get_var
 
-from tasks import build, check, fetch, loader, patch
+from tasks import build, check, configs, fetch, image, loader, patch
 
 WS = loader.workspace(get_var("stack"), Path(__file__).parent)
 
@@ -55,6 +55,17 @@ def task_check():
 
 
 # --- image and configs ---
+
+
+def task_image():
+    """Build the guest image with mbuto (kernel and initrd for Kata)."""
+    yield from image.tasks(WS)
+
+
+def task_config():
+    """Write the host's configuration files (doit config:NAME force=1 overwrites hand edits)."""
+    yield from configs.tasks(WS, force=get_var("force"))
+
 
 # --- pod ---
 

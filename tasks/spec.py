@@ -40,6 +40,35 @@ RESERVED_ENV = ("SRC", "DESTDIR", "PREFIX", "JOBS")
 BOOL_HINT = "YAML reads yes/no/on/off/true/false as a boolean: quote the value"
 
 
+# Variables a config's `set` values may use (tasks/configs.py gives their values).
+VARIABLES = {
+    "image.kernel": "the kernel mbuto named for the image",
+    "image.initrd": "the image mbuto built",
+    "settings.prefix": "settings.prefix",
+    "settings.destdir": "settings.destdir",
+    "detect.virtiofsd": "the first executable virtiofsd found",
+    "qemu.path": "QEMU, or the logging wrapper when debug.qemu_log is true",
+    "debug.kernel_params": "console=ttyS0 when debug.qemu_log is true, else empty",
+    "debug.agent_debug_console": "debug.agent_debug_console (a boolean)",
+}
+VAR_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")  # $${ escapes
+WRAPPER = "qemu-wrapper"  # config:qemu-wrapper (debug.qemu_log); no config may take the name
+
+
+def variables_in(value, where: tuple = ()):
+    """``(location, name)`` of every ``${name}`` used in a set value."""
+    if isinstance(value, dict):
+        for key, v in value.items():
+            yield from variables_in(v, where + (str(key),))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from variables_in(v, where + (i,))
+    elif isinstance(value, str):
+        for m in VAR_RE.finditer(value):
+            if m.group(1) is not None:
+                yield where, m.group(1).strip()
+
+
 # --------------------------------------------------------------------------
 # The file, as written
 
@@ -775,6 +804,18 @@ def _resolve_sections(stack: Stack, f: StackFile, names: set[str], project: Path
                              + _did_you_mean(need, names))
             if need == "image" and f.image is None:
                 problems.add(loc + ("needs", n), "there is no 'image' section")
+        if name == WRAPPER and f.debug.qemu_log:
+            problems.add(loc, "the name is taken by the QEMU wrapper that debug.qemu_log "
+                              "writes: choose another")
+        if cbase is not None and cbase == path:
+            problems.add(loc + ("base",), "the base must not be the file itself: name the "
+                                          "installed default it starts from")
+        for where, var in variables_in(c.set):
+            if var not in VARIABLES:
+                problems.add(loc + ("set",) + where, f"unknown variable ${{{var}}} (known: "
+                             + ", ".join(f"${{{v}}}" for v in VARIABLES) + ")")
+            elif var.startswith("image.") and f.image is None:
+                problems.add(loc + ("set",) + where, f"${{{var}}} needs an 'image' section")
         configs[name] = Config(name, path, c.format, cbase, dict(c.set), c.unset,
                                tuple(dict.fromkeys(c.needs)), c.create_only)
     pod = None

@@ -5,7 +5,8 @@ pydantic reports a location as a tuple of keys (``('components', 'cri-o',
 tuples to line numbers while building plain Python objects from the YAML node
 tree.  Numbers and dates are kept as their source text (``ref: 1.20`` stays
 ``"1.20"``, not ``1.2``); pydantic turns the text into an int where an int is
-wanted.  Duplicate keys, which plain ``yaml.safe_load`` silently drops, are
+wanted.  The values written into config files (``configs.*.set``) keep
+YAML's own types.  Duplicate keys, which plain ``yaml.safe_load`` silently drops, are
 reported; ``<<`` merge keys work as in ``yaml.safe_load``.
 """
 
@@ -93,6 +94,12 @@ def _describe(err: yaml.YAMLError, text: str) -> tuple[int, str]:
     return line, message
 
 
+def _typed(loc: tuple) -> bool:
+    """Values written into config files keep YAML's own types (``timeout: 10``
+    must stay a number there), unlike the stack's own fields."""
+    return len(loc) >= 3 and loc[0] == "configs" and loc[2] == "set"
+
+
 def _build(node, loc: tuple, located: Located, constructor, active: set):
     located.built += 1
     if located.built > MAX_NODES:
@@ -128,7 +135,7 @@ def _build(node, loc: tuple, located: Located, constructor, active: set):
             located.lines[here] = item.start_mark.line + 1
             items.append(_build(item, here, located, constructor, active))
         return items
-    if node.tag in (_INT, _FLOAT, _TIMESTAMP):
+    if node.tag in (_INT, _FLOAT, _TIMESTAMP) and not _typed(loc):
         return node.value
     try:
         return constructor.construct_object(node, deep=True)

@@ -278,3 +278,160 @@ def ab(project) -> Project:
     """alpha + beta (beta needs alpha and carries alpha's patch)."""
     project.write_stack(ALPHA_BETA.format(alpha=project.up.alpha(), beta=project.up.beta()))
     return project
+
+
+# --------------------------------------------------------------------------
+# The image and the host configs: a Kata-shaped component whose runtime part
+# installs the real default configuration-qemu.toml, a QEMU that installs a
+# virtiofsd, and an mbuto stand-in that behaves like mbuto (options, output,
+# exit status 1).
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+KATA_MAKEFILE = """\
+.PHONY: all runtime agent install-runtime install-agent
+all: runtime agent
+runtime: runtime/containerd-shim-kata-v2 runtime/configuration-qemu.toml
+runtime/containerd-shim-kata-v2: runtime/shim.in
+\tcp runtime/shim.in $@ && chmod 755 $@
+runtime/configuration-qemu.toml: runtime/configuration-qemu.toml.in
+\tcp runtime/configuration-qemu.toml.in $@
+agent: agent/kata-agent
+agent/kata-agent: agent/agent.in
+\t(echo '#!/bin/sh'; sed 's/^/echo /' agent/agent.in) > $@ && chmod 755 $@
+install-runtime:
+\tinstall -D -m 0755 runtime/containerd-shim-kata-v2 \\
+\t\t$(DESTDIR)/usr/local/bin/containerd-shim-kata-v2
+\tinstall -D -m 0644 runtime/configuration-qemu.toml \\
+\t\t$(DESTDIR)/usr/share/defaults/kata-containers/configuration-qemu.toml
+install-agent:
+\tinstall -D -m 0755 agent/kata-agent $(DESTDIR)/usr/libexec/kata-agent
+"""
+
+MBUTO_STANDIN = r"""#!/bin/sh -e
+# A stand-in for mbuto: its options, what it prints on stdout (the Kata
+# lines), and its exit status 1 on success.
+profile=base; out=; comp=none; kver=$(uname -r); mods=/
+while getopts c:df:k:m:p:s:vh opt; do
+    case $opt in
+    c) comp=$OPTARG ;; f) out=$OPTARG ;; k) kver=$OPTARG ;; m) mods=$OPTARG ;;
+    p) profile=$OPTARG ;; *) ;;
+    esac
+done
+shift $((OPTIND - 1))
+[ -d "$mods/lib/modules/$kver" ] || { echo "no lib/modules/$kver under $mods" >&2; exit 1; }
+[ -n "$out" ] || out=$(mktemp)
+if [ "$profile" != kata ]; then
+    echo "$profile image" > "$out"
+    exit 1
+fi
+agent=$(PATH="$PATH:/usr/libexec:/sbin:/usr/sbin"; command -v kata-agent) || {
+    echo "kata-agent not found" >&2; exit 1; }
+echo "Size: bin 1M lib 1M kmod 1M total 3M" >&2
+{ echo "profile=$profile compression=$comp kernel=$kver add=$*"; echo "agent=$agent";
+  cat "$agent"; } > "$out"
+echo "Kata Containers [hypervisor.qemu] configuration:"
+echo
+printf '\tkernel = "/boot/vmlinuz-%s"\n' "$kver"
+printf '\tinitrd = "%s"\n' "$(realpath "$out")"
+false
+"""
+
+KATA_COMPONENTS = """\
+kata:
+  git: {kata}
+  ref: v1
+  parts:
+    runtime:
+      build: make runtime
+      artifacts: [runtime/containerd-shim-kata-v2, runtime/configuration-qemu.toml]
+      install: make install-runtime
+      installs:
+        - /usr/local/bin/containerd-shim-kata-v2
+        - /usr/share/defaults/kata-containers/configuration-qemu.toml
+    agent:
+      build: make agent
+      artifacts: [agent/kata-agent]
+      install: make install-agent
+      installs: [/usr/libexec/kata-agent]
+qemu:
+  git: {qemu}
+  ref: v1
+  install:
+    - install -D -m 0755 qemu-system-x86_64 "$DESTDIR$PREFIX/bin/qemu-system-x86_64"
+    - install -D -m 0755 virtiofsd "$DESTDIR$PREFIX/libexec/virtiofsd"
+  installs: [$PREFIX/bin/qemu-system-x86_64, $PREFIX/libexec/virtiofsd]
+mbuto:
+  git: {mbuto}
+  ref: v1
+"""
+
+KATA_IMAGE = """\
+image:
+  builder: mbuto
+  profile: kata
+  output: build/kata.img
+  compression: lz4
+  kernel: 5.10.0-test
+  modules_root: {modules}
+  add: [strace]
+  needs: [kata]
+"""
+
+
+def kata_upstreams(up: Upstreams) -> dict[str, Path]:
+    """kata (v1; v2 changes only the agent), qemu and mbuto repositories."""
+    kata, qemu, mbuto = up.root / "kata", up.root / "qemu", up.root / "mbuto"
+    if not kata.exists():
+        git_init(kata)
+        write(kata / "Makefile", KATA_MAKEFILE)
+        write(kata / ".gitignore", "/runtime/containerd-shim-kata-v2\n"
+                                   "/runtime/configuration-qemu.toml\n/agent/kata-agent\n")
+        write(kata / "runtime/shim.in", "#!/bin/sh\necho shim\n")
+        (kata / "runtime/configuration-qemu.toml.in").write_bytes(
+            (FIXTURES / "kata-2.4.0-alpha1-configuration-qemu.toml").read_bytes())
+        write(kata / "agent/agent.in", "agent one\n")
+        commit_all(kata, "kata v1", tag="v1")
+        write(kata / "agent/agent.in", "agent two\n")
+        commit_all(kata, "kata v2: agent only", tag="v2")
+    if not qemu.exists():
+        git_init(qemu)
+        write(qemu / "qemu-system-x86_64", "#!/bin/sh\necho qemu \"$@\"\n", mode=0o755)
+        write(qemu / "virtiofsd", "#!/bin/sh\necho virtiofsd\n", mode=0o755)
+        commit_all(qemu, "qemu", tag="v1")
+    if not mbuto.exists():
+        git_init(mbuto)
+        write(mbuto / "mbuto", MBUTO_STANDIN, mode=0o755)
+        commit_all(mbuto, "mbuto", tag="v1")
+    return {"kata": kata, "qemu": qemu, "mbuto": mbuto}
+
+
+def image_tools(root: Path) -> dict[str, str]:
+    """Stand-ins for the host tools 'check' wants for mbuto (cpio, kmod),
+    which the stand-in mbuto does not use; the environment that puts them
+    first on PATH."""
+    write(root / "cpio", "#!/bin/sh\necho 'cpio (GNU cpio) 2.13'\n", mode=0o755)
+    for name in ("modprobe", "depmod"):
+        write(root / name, "#!/bin/sh\necho 'kmod version 30'\n", mode=0o755)
+    return {"PATH": f"{root}:{os.environ.get('PATH', os.defpath)}"}
+
+
+def kernel_modules(root: Path, *versions: str) -> Path:
+    """A modules root holding lib/modules/<version> for each version."""
+    for version in versions:
+        (root / "lib/modules" / version).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@pytest.fixture
+def kata(project) -> Project:
+    """kata + qemu + mbuto and an image section (kernel 5.10.0-test);
+    tests append configs/debug sections to ``project.stack_file`` and run
+    doit with ``env=project.tool_env``."""
+    repos = kata_upstreams(project.up)
+    modules = kernel_modules(project.root / "modroot", "5.10.0-test", "5.15.0-test")
+    project.write_stack(KATA_COMPONENTS.format(**repos))
+    with open(project.stack_file, "a") as f:
+        f.write(KATA_IMAGE.format(modules=modules))
+    project.tool_env = image_tools(project.root / "tools")
+    return project
