@@ -11,7 +11,7 @@ from pathlib import Path
 
 from doit import get_var
 
-from tasks import build, check, configs, fetch, image, loader, patch
+from tasks import build, check, configs, fetch, image, loader, patch, pod
 
 WS = loader.workspace(get_var("stack"), Path(__file__).parent)
 
@@ -68,5 +68,16 @@ def task_config():
 
 
 # --- pod ---
+
+
+def task_run_pod():
+    """Run the example pod with crictl (starts CRI-O if it does not answer)."""
+    return pod.run_task(WS)
+
+
+def task_stop_pod():
+    """Remove the example pod; stop CRI-O if run_pod started it."""
+    return pod.stop_task(WS)
+
 
 DOIT_CONFIG = loader.doit_config(WS, globals())

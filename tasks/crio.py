@@ -1,0 +1,193 @@
+"""CRI-O for run_pod: use the one that answers, or start one and remember it.
+
+"Answers" means ``crictl --runtime-endpoint unix://SOCKET version`` succeeds,
+not merely that the socket file exists or accepts a connection: it is the
+same client and endpoint every later step uses, so it also proves the CRI
+handshake works (a stale socket left by a killed crio refuses the connection;
+a crio still initialising storage accepts it only once it serves).  A missing
+socket file is answered without running crictl, which would otherwise wait
+for its connection timeout.
+
+A crio that run_pod starts runs in the background in its own session (it
+outlives doit, and a Ctrl-C in the terminal does not reach it), its output in
+``<workdir>/logs/crio.log``.  Its pid, its start time (from /proc, so a reused
+pid is never mistaken for it) and its command line go to
+``<workdir>/state/crio.json``; only that process is ever stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from . import run
+from .errors import StackError
+from .state import atomic_write
+
+DEFAULT_SOCKET = "/var/run/crio/crio.sock"
+PROBE_TIMEOUT = 2  # s, crictl's connection timeout for the "does it answer" probe
+STOP_TIMEOUT = 15  # s between SIGTERM and SIGKILL
+POLL = 0.2
+
+
+def crictl(socket: str, timeout: int) -> list[str]:
+    """crictl with our endpoint and request timeout.  Global flags come
+    before the subcommand, and flags of the subcommand before its arguments
+    (crictl ignores flags after the first argument).  The timeout is a
+    duration; crictl's default of 2 s (doubled for runp) is too short for
+    booting a VM."""
+    endpoint = f"unix://{socket}"
+    return ["crictl", "--runtime-endpoint", endpoint, "--image-endpoint", endpoint,
+            f"--timeout={timeout}s"]
+
+
+def answers(shell, socket: str, record: bool = False) -> bool:
+    if not os.path.exists(socket):
+        return False
+    res = shell.query(crictl(socket, PROBE_TIMEOUT) + ["version"], check=False,
+                      quiet=not record, record=record)
+    return res.code == 0
+
+
+# --------------------------------------------------------------------------
+# The crio we started
+
+
+def record_file(state: Path) -> Path:
+    return state / "crio.json"
+
+
+def read_record(state: Path) -> dict | None:
+    try:
+        data = json.loads(record_file(state).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
+
+
+def clear_record(state: Path) -> None:
+    try:
+        record_file(state).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _stat(pid: int) -> tuple[str, str] | None:
+    """(state letter, start time in clock ticks) of a process, or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2:].split()
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def is_ours(record: dict) -> bool:
+    """The recorded process is still running and is still that crio (same
+    start time, 'crio' on its command line, possibly behind sudo)."""
+    pid = record["pid"]
+    st = _stat(pid)
+    if st is None or st[0] in ("Z", "X") or st[1] != record.get("starttime"):
+        return False
+    return any(os.path.basename(arg) == "crio" for arg in _cmdline(pid)[:4])
+
+
+def _tail_message(log: Path) -> str:
+    text = run.tail(log, lines=run.TAIL_LINES)
+    return f"\n--- last lines of {log} ---\n{text}" if text else f"\n({log} is empty)"
+
+
+CRIO_HINT = ("read the log above; crio refuses to start when runc, conmon or pinns is missing, "
+             "when cgroup_manager is cgroupfs without conmon_cgroup = \"pod\", or when another "
+             "crio holds its storage (doit config:crio writes the settings)")
+
+
+def ensure(ws, shell, pod) -> bool:
+    """Make sure CRI-O answers on ``pod.socket``; return True if we started it."""
+    if answers(shell, pod.socket, record=True):
+        run.say(f"CRI-O answers on {pod.socket}: using it")
+        return False
+    log = ws.logs / "crio.log"
+    record = read_record(ws.state)
+    proc = None
+    if record and is_ours(record) and record.get("socket") == pod.socket:
+        run.say(f"the crio run_pod started earlier (pid {record['pid']}) does not answer yet: "
+                "waiting for it")
+    else:
+        if log.exists():
+            os.replace(log, log.with_name(log.name + ".1"))
+        argv = ["crio"] + ([] if "--listen" in pod.crio_args else ["--listen", pod.socket])
+        argv += list(pod.crio_args)
+        run.say(f"CRI-O does not answer on {pod.socket}: starting it (output in {log})")
+        proc = shell.start(argv, log)
+        st = _stat(proc.pid)
+        record = {"pid": proc.pid, "starttime": st[1] if st else "", "argv": argv,
+                  "socket": pod.socket, "log": str(log), "sudo": shell.sudo,
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        atomic_write(record_file(ws.state), json.dumps(record, indent=1))
+    deadline = time.monotonic() + pod.start_timeout
+    while True:
+        code = proc.poll() if proc else (None if is_ours(record) else "?")
+        if code is not None:
+            clear_record(ws.state)
+            raise StackError(f"crio exited (code {code}) before answering on {pod.socket}"
+                             + _tail_message(log), CRIO_HINT)
+        if answers(shell, pod.socket):
+            shell.note(f"crio answers on {pod.socket}")
+            run.say(f"CRI-O answers on {pod.socket} (pid {record['pid']})")
+            return True
+        if time.monotonic() > deadline:
+            stop(shell, record, proc)
+            clear_record(ws.state)
+            raise StackError(
+                f"CRI-O did not answer on {pod.socket} within {pod.start_timeout} s "
+                f"(stopped the crio started, pid {record['pid']})" + _tail_message(log),
+                "if it was still starting, raise pod.start_timeout in stack.yaml; "
+                "otherwise " + CRIO_HINT)
+        time.sleep(POLL)
+
+
+def _gone(record: dict, proc) -> bool:
+    if proc is not None:
+        return proc.poll() is not None
+    return not is_ours(record)
+
+
+def stop(shell, record: dict, proc=None) -> None:
+    """SIGTERM the recorded crio, wait, then SIGKILL; only if it is still it."""
+    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 5)):
+        if _gone(record, proc) or not is_ours(record):
+            return
+        shell.kill(record["pid"], sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if _gone(record, proc):
+                return
+            time.sleep(POLL / 2)
+    if not _gone(record, proc):
+        raise StackError(f"crio (pid {record['pid']}) did not stop after SIGKILL")
+
+
+def stop_ours(ws, shell) -> str | None:
+    """Stop the crio run_pod started, if it still runs; say what happened."""
+    record = read_record(ws.state)
+    if record is None:
+        return None
+    pid = record["pid"]
+    if not is_ours(record):
+        clear_record(ws.state)
+        return f"the crio run_pod started (pid {pid}) is no longer running"
+    run.say(f"stopping the crio run_pod started (pid {pid})")
+    stop(shell, record)
+    clear_record(ws.state)
+    return f"stopped the crio run_pod started (pid {pid})"
