@@ -32,7 +32,6 @@ import os
 import re
 import shlex
 import stat
-import tempfile
 import time
 from pathlib import Path
 
@@ -319,7 +318,7 @@ def install_text(ws: Workspace, task_id: str, name: str, path: Path, text: str, 
     if sudo:
         _write_sudo(ws, task_id, name, path, data, new_mode, owner)
     else:
-        _write_direct(path, data, new_mode, owner)
+        atomic_write(path, data, mode=new_mode, owner=owner)
     _remember(ws, name, "last", path, data)
     _forget(ws, name, "next")
     say(f"  {task_id}: wrote {path}")
@@ -385,29 +384,9 @@ def _backup(ws: Workspace, task_id: str, path: Path, kind: str, sudo: bool) -> P
         return target
     folder.mkdir(parents=True, exist_ok=True)
     st = os.stat(path)
-    _write_direct(target, path.read_bytes(), stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid))
+    atomic_write(target, path.read_bytes(), mode=stat.S_IMODE(st.st_mode),
+                 owner=(st.st_uid, st.st_gid))
     return target
-
-
-def _write_direct(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
-    """Atomic: a reader sees the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".kps-tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        if owner is not None and (os.geteuid() == 0 or owner[0] == os.geteuid()):
-            os.chown(tmp, *owner)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _write_sudo(ws: Workspace, task_id: str, name: str, path: Path, data: bytes, mode: int,

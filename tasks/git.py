@@ -194,20 +194,7 @@ def local_ref(path: Path, ref: str) -> Remote | None:
 def local_edits(path: Path) -> list[str]:
     """Tracked files changed and untracked files added (ignored files are
     build output, not edits)."""
-    out = query(path, "status", "--porcelain=v1", "-z", "--untracked-files=all")
-    edits = []
-    fields = out.split("\0")
-    i = 0
-    while i < len(fields):
-        entry = fields[i]
-        i += 1
-        if not entry:
-            continue
-        code, name = entry[:2], entry[3:]
-        if code[0] in "RC":
-            i += 1  # the original name follows
-        edits.append(name)
-    return edits
+    return [entry.path for entry in status(path)[1]]
 
 
 def refuse_if_edited(path: Path, component: str, why: str, ignore: set[str] = frozenset()) -> None:

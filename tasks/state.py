@@ -28,13 +28,14 @@ from .errors import StackError
 _HASH_CHUNK = 1 << 20
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int | None = None) -> None:
+def atomic_write(path: Path, data: bytes | str, mode: int | None = None,
+                 owner: tuple[int, int] | None = None) -> None:
     """Write ``path`` so that a reader sees the old or the new content, never
     half of it, even if this process is killed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(data, str):
         data = data.encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".kps-tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -42,6 +43,8 @@ def atomic_write(path: Path, data: bytes | str, mode: int | None = None) -> None
             os.fsync(f.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
+        if owner is not None and (os.geteuid() == 0 or owner[0] == os.geteuid()):
+            os.chown(tmp, *owner)
         os.replace(tmp, path)
     except BaseException:
         try:
