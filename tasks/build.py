@@ -11,6 +11,7 @@ installed file is missing, not because the build merely ran again.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 
 from . import tree
 from .action import step
@@ -86,23 +87,29 @@ class BuildCheck(Check):
         return None
 
 
-def run_commands(ws: Workspace, part: Part, commands, task_id: str, sudo=False) -> None:
-    """Run commands in the checkout; untracked files they create are
-    recorded as build output (not source edits), even if a command fails."""
-    if not commands:
-        return
-    path = ws.checkout(part.component)
-    cache = ws.hashes(part.component)
+@contextmanager
+def recording_outputs(ws: Workspace, component: str):
+    """Untracked files created in the checkout while the block runs are
+    recorded as build output (not source edits), even if it fails."""
+    path = ws.checkout(component)
+    cache = ws.hashes(component)
     _, before = tree.scan(path, cache)
     try:
-        for command in commands:
-            run(command, cwd=path, log=ws.log(task_id), env=ws.env(part), sudo=sudo,
-                label=f"{task_id}: ")
+        yield
     finally:
         _, after = tree.scan(path, cache)
-        created = {p for p in tree.untracked(after) if before.get(p) != after[p]}
-        ws.add_outputs(part.component, created)
+        ws.add_outputs(component, {p for p in tree.untracked(after) if before.get(p) != after[p]})
         cache.save()
+
+
+def run_commands(ws: Workspace, part: Part, commands, task_id: str, sudo=False) -> None:
+    """Run commands in the checkout, recording what they create."""
+    if not commands:
+        return
+    with recording_outputs(ws, part.component):
+        for command in commands:
+            run(command, cwd=ws.checkout(part.component), log=ws.log(task_id),
+                env=ws.env(part), sudo=sudo, label=f"{task_id}: ")
 
 
 def _build(ws: Workspace, part: Part) -> dict:

@@ -23,7 +23,7 @@ import shlex
 
 from . import tree
 from .action import step
-from .build import installed_of
+from .build import installed_of, recording_outputs
 from .errors import StackError
 from .run import run, say, tail
 from .state import Check
@@ -131,15 +131,9 @@ def _build(ws: Workspace) -> dict:
     command = (shlex.join(argv) + ' >"$KPS_MBUTO_STDOUT" || echo "(mbuto exited with status $?;'
                ' success is judged by its output)"')
     log = ws.log("image")
-    cache = ws.hashes(img.builder)
-    _, before = tree.scan(checkout, cache)
-    try:
+    with recording_outputs(ws, img.builder):
         run(command, cwd=checkout, log=log, label="image: ",
             env={"PATH": search_path(ws), "KPS_MBUTO_STDOUT": str(captured)})
-    finally:
-        _, after = tree.scan(checkout, cache)
-        ws.add_outputs(img.builder, {p for p in tree.untracked(after) if before.get(p) != after[p]})
-        cache.save()
     printed = captured.read_text(errors="replace") if captured.exists() else ""
     with open(log, "a", encoding="utf-8", errors="replace") as f:
         f.write("### mbuto's standard output:\n" + printed)
@@ -190,7 +184,7 @@ def tasks(ws: Workspace):
         "basename": "image",
         "doc": f"build the guest image {img.output} with {img.builder} -p {img.profile}",
         "actions": [_action(ws)],
-        "task_dep": [f"patch:{img.builder}"] + needs,
+        "task_dep": ["check", f"patch:{img.builder}"] + needs,
         "uptodate": [ImageCheck(ws)],
         "verbosity": 2,
     }
