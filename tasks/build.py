@@ -17,7 +17,7 @@ from . import tree
 from .action import step
 from .errors import StackError
 from .run import run
-from .spec import Part
+from .stack import Part
 from .state import Check, digest
 from .workspace import Workspace
 

@@ -40,8 +40,8 @@ from .action import step
 from .docedit import EditError, render
 from .errors import ConfigError, StackError
 from .run import capture, run, say
-from .spec import VAR_RE as _VAR_RE
-from .spec import WRAPPER, Config, variables_in
+from .stack import VAR_RE as _VAR_RE
+from .stack import WRAPPER, Config, variables_in
 from .state import Check, atomic_write, digest
 from .workspace import Workspace
 

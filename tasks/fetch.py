@@ -14,7 +14,7 @@ from . import git
 from .action import step
 from .errors import GitError
 from .run import say
-from .spec import Component
+from .stack import Component
 from .state import Check
 from .workspace import Workspace
 

@@ -18,7 +18,7 @@ from doit.exceptions import InvalidDodoFile
 
 from . import run
 from .errors import SpecError, StackError
-from .spec import load_stack
+from .stack import load
 from .workspace import Workspace
 
 # What plain `doit` runs, in this order, where dodo.py defines it; run_pod,
@@ -41,7 +41,7 @@ READ_ONLY_COMMANDS = {"list", "info", "help", "dumpdb", "tabcompletion", "strace
 
 def workspace(value: str | None, project: Path, argv: list[str] | None = None) -> Workspace:
     try:
-        stack = load_stack(stack_path(value, project), project=project)
+        stack = load(stack_path(value, project), project=project)
     except SpecError as err:
         raise InvalidDodoFile(str(err)) from None
     _stop_children_on_exit()

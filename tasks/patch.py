@@ -19,7 +19,7 @@ from . import git
 from .action import step
 from .errors import PatchFailed, StackError
 from .run import say
-from .spec import Component
+from .stack import Component
 from .state import Check, atomic_write
 from .workspace import Workspace
 

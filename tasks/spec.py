@@ -15,8 +15,6 @@ import difflib
 import os
 import posixpath
 import re
-from dataclasses import dataclass
-from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,41 +30,26 @@ from pydantic import (
 
 from . import prereqs, yamlsrc
 from .errors import SpecError
+from .stack import (
+    VARIABLES,
+    WRAPPER,
+    Component,
+    Config,
+    Debug,
+    Image,
+    Part,
+    Patch,
+    Pod,
+    Settings,
+    Stack,
+    variables_in,
+)
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 PART_RE = NAME_RE
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV = ("SRC", "DESTDIR", "PREFIX", "JOBS")
 BOOL_HINT = "YAML reads yes/no/on/off/true/false as a boolean: quote the value"
-
-
-# Variables a config's `set` values may use (tasks/configs.py gives their values).
-VARIABLES = {
-    "image.kernel": "the kernel mbuto named for the image",
-    "image.initrd": "the image mbuto built",
-    "settings.prefix": "settings.prefix",
-    "settings.destdir": "settings.destdir",
-    "detect.virtiofsd": "the first executable virtiofsd found",
-    "qemu.path": "QEMU, or the logging wrapper when debug.qemu_log is true",
-    "debug.kernel_params": "console=ttyS0 when debug.qemu_log is true, else empty",
-    "debug.agent_debug_console": "debug.agent_debug_console (a boolean)",
-}
-VAR_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")  # $${ escapes
-WRAPPER = "qemu-wrapper"  # config:qemu-wrapper (debug.qemu_log); no config may take the name
-
-
-def variables_in(value, where: tuple = ()):
-    """``(location, name)`` of every ``${name}`` used in a set value."""
-    if isinstance(value, dict):
-        for key, v in value.items():
-            yield from variables_in(v, where + (str(key),))
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            yield from variables_in(v, where + (i,))
-    elif isinstance(value, str):
-        for m in VAR_RE.finditer(value):
-            if m.group(1) is not None:
-                yield where, m.group(1).strip()
 
 
 # --------------------------------------------------------------------------
@@ -203,140 +186,26 @@ class StackFile(_Strict):
 
 
 # --------------------------------------------------------------------------
-# What the code uses
-
-
-@dataclass(frozen=True)
-class Patch:
-    path: str  # as written
-    component: str | None  # None: relative to the stack file's folder
-    file: Path | None  # resolved file when it lives beside stack.yaml
-
-
-@dataclass(frozen=True)
-class Part:
-    component: str
-    name: str | None  # None for a component without parts
-    build: tuple[str, ...]
-    artifacts: tuple[str, ...]
-    install: tuple[str, ...]
-    installs: tuple[str, ...]  # absolute target paths, ${PREFIX} expanded
-    env: tuple[tuple[str, str], ...]
-    requires: tuple[str, ...] = ()  # the component's and the part's own
-
-    @property
-    def id(self) -> str:
-        """``NAME`` or ``NAME/PART``: the doit sub-task name."""
-        return self.component if self.name is None else f"{self.component}/{self.name}"
-
-
-@dataclass(frozen=True)
-class Component:
-    name: str
-    git: str
-    ref: str
-    submodules: bool | tuple[str, ...]  # True: all, recursively; a tuple: those paths
-    depth: int
-    patches: tuple[Patch, ...]
-    needs: tuple[str, ...]
-    parts: tuple[Part, ...]
-    line: int
-
-    def patch_sources(self) -> tuple[str, ...]:
-        """Components whose checkouts hold some of our patches."""
-        seen = []
-        for p in self.patches:
-            if p.component and p.component not in seen:
-                seen.append(p.component)
-        return tuple(seen)
-
-
-@dataclass(frozen=True)
-class Settings:
-    workdir: Path
-    destdir: str
-    prefix: str
-    sudo: str
-    jobs: int
-
-
-@dataclass(frozen=True)
-class Image:
-    builder: str
-    profile: str
-    output: Path
-    compression: str
-    kernel: str  # "auto" or a version
-    modules_root: str
-    add: tuple[str, ...]
-    needs: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Config:
-    name: str
-    path: str  # on the target system
-    format: str
-    base: str | None  # on the target system
-    set: dict
-    unset: tuple[str, ...]
-    needs: tuple[str, ...]  # component names, or "image"
-    create_only: bool
-
-
-@dataclass(frozen=True)
-class Pod:
-    runtime: str
-    image: str
-    command: tuple[str, ...]
-    pod_config: Path
-    container_config: Path
-    crio_args: tuple[str, ...]
-    ping: bool
-    socket: str
-    start_timeout: int
-
-
-@dataclass(frozen=True)
-class Debug:
-    qemu_log: bool
-    agent_debug_console: bool
-
-
-@dataclass(frozen=True)
-class Stack:
-    path: Path
-    settings: Settings
-    components: dict[str, Component]
-    image: Image | None = None
-    configs: dict[str, Config] = dataclass_field(default_factory=dict)
-    pod: Pod | None = None
-    debug: Debug = Debug(False, False)
-    project: Path | None = None  # this tool's folder (templates in configs/)
-
-    @property
-    def dir(self) -> Path:
-        return self.path.parent
-
-    @property
-    def lock_path(self) -> Path:
-        return self.path.with_suffix(".lock")
-
-    def target(self, path: str) -> Path:
-        """Where a target-system path lands (under destdir when staged)."""
-        if self.settings.destdir:
-            return Path(self.settings.destdir + path)
-        return Path(path)
-
-
-# --------------------------------------------------------------------------
 # Loading
+
+
+# Files whose existence the last validation depended on (path, is a file):
+# stack.py's cache holds a validated stack only while they still say so.
+checked_files: list[tuple[str, bool]] = []
+
+
+def _is_file(path: Path) -> bool:
+    found = path.is_file()
+    checked_files.append((str(path), found))
+    return found
 
 
 def load_stack(path, project: Path | None = None) -> Stack:
     """Read, validate and resolve a stack file; raise ``SpecError`` listing
     every problem found.  ``project`` is this tool's folder: relative pod
-    templates not found beside the stack file are looked up there."""
+    templates not found beside the stack file are looked up there.  (The
+    run uses stack.load(), which skips all this while nothing changed.)"""
+    checked_files.clear()
     path = Path(path).absolute()
     try:
         text = path.read_text(encoding="utf-8")
@@ -626,7 +495,7 @@ def _resolve(path: Path, s: SettingsFile, model_components: dict[str, ComponentF
             ploc = loc + ("patches", i)
             if p.component is None:
                 file = (base / os.path.expanduser(p.path)).absolute()
-                if not file.is_file():
+                if not _is_file(file):
                     problems.add(ploc, f"patch file not found: {file}")
                 patches.append(Patch(p.path, None, file))
             else:
@@ -837,7 +706,7 @@ def _template(base: Path, project: Path | None, value: str, loc, problems: Probl
     candidates = [path] if path.is_absolute() else [base / path] + (
         [project / path] if project else [])
     for candidate in candidates:
-        if candidate.is_file():
+        if _is_file(candidate):
             return candidate.absolute()
     problems.add(loc, f"template not found: {value} (looked in "
                  + ", ".join(str(c.parent) for c in candidates) + ")")

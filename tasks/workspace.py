@@ -18,7 +18,7 @@ from pathlib import Path
 from . import run
 from .errors import LockHeld, StackError
 from .lockfile import LockFile
-from .spec import Component, Part, Stack
+from .stack import Component, Part, Stack
 from .state import HashCache, Stamps, atomic_write
 from .tree import Trees
 

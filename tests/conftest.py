@@ -38,7 +38,7 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     for key, value in GIT_ID.items():
         monkeypatch.setenv(key, value)
-    for key in ("DESTDIR", "PREFIX", "JOBS", "SRC", "MAKEFLAGS"):
+    for key in ("DESTDIR", "PREFIX", "JOBS", "SRC", "MAKEFLAGS", "XDG_CACHE_HOME"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path)
 

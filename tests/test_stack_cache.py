@@ -1,0 +1,97 @@
+"""stack.load(): full validation only when something it depends on changed."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import write
+
+from tasks import spec, stack
+from tasks.errors import SpecError
+
+STACK = """\
+version: 1
+components:
+  a:
+    git: https://example.org/a.git
+    ref: v1
+    patches: [patches/a.patch]
+pod:
+  pod_config: pod.json
+"""
+
+
+@pytest.fixture
+def files(tmp_path):
+    write(tmp_path / "patches/a.patch", "--- a/x\n+++ b/x\n")
+    write(tmp_path / "project/pod.json", "{}\n")
+    write(tmp_path / "project/configs/container-busybox.json", "{}\n")
+    path = write(tmp_path / "stack.yaml", STACK)
+    return path, tmp_path / "project"
+
+
+@pytest.fixture
+def validations(monkeypatch):
+    """Counts the full validations (pydantic) that load() does."""
+    calls = []
+    real = spec.load_stack
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(spec, "load_stack", counted)
+    return calls
+
+
+def test_second_load_uses_the_cache(files, validations):
+    path, project = files
+    first = stack.load(path, project)
+    second = stack.load(path, project)
+    assert len(validations) == 1
+    assert second == first
+    assert second.pod.pod_config == project / "pod.json"
+
+
+def test_an_edit_is_validated(files, validations):
+    path, project = files
+    stack.load(path, project)
+    path.write_text(STACK.replace("ref: v1", "ref: v2"))
+    assert stack.load(path, project).components["a"].ref == "v2"
+    assert len(validations) == 2
+
+
+def test_an_invalid_file_is_never_cached(files, validations):
+    path, project = files
+    path.write_text(STACK.replace("ref: v1", "reff: v1"))
+    for _ in range(2):
+        with pytest.raises(SpecError):
+            stack.load(path, project)
+    assert len(validations) == 2
+
+
+def test_a_removed_patch_file_is_reported_again(files, validations):
+    path, project = files
+    stack.load(path, project)
+    (path.parent / "patches/a.patch").unlink()
+    with pytest.raises(SpecError) as err:
+        stack.load(path, project)
+    assert "patch file not found" in str(err.value)
+
+
+def test_a_template_appearing_beside_the_stack_file_wins(files, validations):
+    path, project = files
+    assert stack.load(path, project).pod.pod_config == project / "pod.json"
+    write(path.parent / "pod.json", "{}\n")
+    assert stack.load(path, project).pod.pod_config == path.parent / "pod.json"
+    assert len(validations) == 2
+
+
+def test_a_damaged_cache_is_a_miss(files, validations):
+    path, project = files
+    stack.load(path, project)
+    cache = stack._cache_file(path)
+    cache.write_bytes(b"not a pickle")
+    assert stack.load(path, project).components["a"].ref == "v1"
+    assert len(validations) == 2
+    stack.load(path, project)
+    assert len(validations) == 2  # rewritten
