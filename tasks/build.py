@@ -45,10 +45,9 @@ def installed_of(ws: Workspace, name: str) -> dict[str, str]:
     return out
 
 
-def build_key(ws: Workspace, part: Part) -> dict:
+def build_key(ws: Workspace, part: Part, fresh: bool = False) -> dict:
     c = ws.component(part.component)
-    path = ws.checkout(c.name)
-    source = tree.source_state(path, ws.hashes(c.name), ws.trees)
+    source = ws.source_state(c.name, fresh=fresh)
     needs = {}
     for other in c.needs:
         needs.update(installed_of(ws, other))
@@ -93,10 +92,12 @@ def recording_outputs(ws: Workspace, component: str):
     recorded as build output (not source edits), even if it fails."""
     path = ws.checkout(component)
     cache = ws.hashes(component)
+    ws.prefetch.touched(component)
     _, before = tree.scan(path, cache)
     try:
         yield
     finally:
+        ws.prefetch.touched(component)
         _, after = tree.scan(path, cache)
         ws.add_outputs(component, {p for p in tree.untracked(after) if before.get(p) != after[p]})
         cache.save()
@@ -114,7 +115,7 @@ def run_commands(ws: Workspace, part: Part, commands, task_id: str, sudo=False) 
 
 def _build(ws: Workspace, part: Part) -> dict:
     task_id = f"build:{part.id}"
-    key = build_key(ws, part)
+    key = build_key(ws, part, fresh=True)
     run_commands(ws, part, part.build, task_id)
     root = ws.checkout(part.component)
     missing = [a for a in part.artifacts if not (root / a).exists()]

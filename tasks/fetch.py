@@ -97,6 +97,7 @@ def resolve_and_fetch(ws: Workspace, c: Component) -> str:
 
 
 def _fetch(ws: Workspace, c: Component) -> dict:
+    ws.prefetch.touched(c.name)
     commit = resolve_and_fetch(ws, c)
     ws.lockfile.record(c.name, c.git, c.ref, commit, keep=set(ws.stack.components))
     say(f"  fetch:{c.name}: {c.ref} is {commit[:12]}")
@@ -130,6 +131,7 @@ def _update(ws: Workspace, c: Component) -> None:
 
 def _reset(ws: Workspace, c: Component) -> None:
     """Put a checkout back to its patched state; local edits go to a stash."""
+    ws.prefetch.touched(c.name)
     path = ws.checkout(c.name)
     log = ws.log(f"reset:{c.name}")
     label = f"reset:{c.name}: "

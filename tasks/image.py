@@ -41,9 +41,9 @@ def kernel_version(ws: Workspace) -> str:
     return os.uname().release if kernel == "auto" else kernel
 
 
-def image_key(ws: Workspace) -> dict:
+def image_key(ws: Workspace, fresh: bool = False) -> dict:
     img = ws.stack.image
-    source = tree.source_state(ws.checkout(img.builder), ws.hashes(img.builder), ws.trees)
+    source = ws.source_state(img.builder, fresh=fresh)
     needs = {}
     for name in img.needs:
         needs.update(installed_of(ws, name))
@@ -112,7 +112,7 @@ def search_path(ws: Workspace) -> str:
 
 def _build(ws: Workspace) -> dict:
     img = ws.stack.image
-    key = image_key(ws)
+    key = image_key(ws, fresh=True)
     checkout = ws.checkout(img.builder)
     script = checkout / "mbuto"
     if not script.is_file():

@@ -98,6 +98,14 @@ def _recover(ws: Workspace, c: Component, log, label) -> None:
 
 
 def _patch(ws: Workspace, c: Component) -> dict:
+    ws.prefetch.touched(c.name)
+    try:
+        return _patch_checkout(ws, c)
+    finally:
+        ws.prefetch.touched(c.name)
+
+
+def _patch_checkout(ws: Workspace, c: Component) -> dict:
     path = ws.checkout(c.name)
     task_id = f"patch:{c.name}"
     log = ws.log(task_id)

@@ -14,6 +14,7 @@ too.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -78,15 +79,68 @@ class Trees:
         return tree
 
 
-def source_state(path: Path, cache: HashCache, trees: Trees) -> dict:
-    """``{"tree": ..., "edits": {path: fingerprint}}`` of a checkout now."""
+def source_state(path: Path, cache: HashCache, trees: Trees,
+                 scanned: tuple[str | None, dict[str, str]] | None = None) -> dict:
+    """``{"tree": ..., "edits": {path: fingerprint}}`` of a checkout now (or
+    as ``scanned`` a moment ago)."""
     if not git.is_repo(path):
         raise StackError(f"checkout {path} is missing")
-    head, dirty = scan(path, cache)
+    head, dirty = scanned if scanned is not None else scan(path, cache)
     cache.save()
     if head is None:
         raise StackError(f"checkout {path} has no commit checked out")
     return {"tree": trees.tree(path, head), "edits": dirty}
+
+
+class Prefetch:
+    """``git status`` of every checkout at once, in threads, the first time
+    one is needed: a no-op run then waits for the slowest tree, not for the
+    sum of them.  A scan is used only if nothing of ours touched that
+    checkout since it started (``touched()`` bumps a generation)."""
+
+    def __init__(self, checkouts: dict[str, Path], caches):
+        self.checkouts = checkouts
+        self.caches = caches  # name -> HashCache
+        self._lock = threading.Lock()
+        self._generation: dict[str, int] = {}
+        self._pending: dict[str, tuple[int, object]] | None = None
+        self._pool = None
+
+    def touched(self, name: str) -> None:
+        with self._lock:
+            self._generation[name] = self._generation.get(name, 0) + 1
+
+    def take(self, name: str):
+        """The prefetched scan of ``name`` if still valid, else None."""
+        with self._lock:
+            if self._pending is None:
+                self._start()
+            entry = self._pending.get(name)
+            generation = self._generation.get(name, 0)
+        if entry is None or entry[0] != generation:
+            return None
+        try:
+            result = entry[1].result()
+        except Exception:
+            return None
+        with self._lock:
+            if self._generation.get(name, 0) != generation:
+                return None
+        return result
+
+    def _start(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pending = {}
+        names = [n for n, p in self.checkouts.items() if git.is_repo(p)]
+        if len(names) < 2:
+            return
+        self._pool = ThreadPoolExecutor(max_workers=min(len(names), (os.cpu_count() or 1) + 1),
+                                        thread_name_prefix="kps-scan")
+        for name in names:
+            future = self._pool.submit(scan, self.checkouts[name], self.caches(name))
+            self._pending[name] = (self._generation.get(name, 0), future)
+        self._pool.shutdown(wait=False)
 
 
 def without_outputs(state: dict, outputs: set[str]) -> dict:

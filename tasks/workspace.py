@@ -20,7 +20,7 @@ from .errors import LockHeld, StackError
 from .lockfile import LockFile
 from .stack import Component, Part, Stack
 from .state import HashCache, Stamps, atomic_write
-from .tree import Trees
+from .tree import Prefetch, Trees, source_state
 
 
 class Workspace:
@@ -34,6 +34,7 @@ class Workspace:
         self.stamps = Stamps(self.state / "stamps")
         self.lockfile = LockFile(stack.lock_path)
         self.trees = Trees(self.state / "trees.json")
+        self.prefetch = Prefetch({n: self.checkout(n) for n in stack.components}, self.hashes)
         self.started = time.time()
         self._caches: dict[str, HashCache] = {}
         self._outputs_lock = threading.Lock()
@@ -58,6 +59,12 @@ class Workspace:
             if cache is None:
                 cache = self._caches[name] = HashCache(self.state / "hashes" / f"{name}.json")
             return cache
+
+    def source_state(self, name: str, fresh: bool = False) -> dict:
+        """A checkout's content state (see tree.py); from the run's first,
+        parallel scan of all checkouts unless ``fresh`` or touched since."""
+        scanned = None if fresh else self.prefetch.take(name)
+        return source_state(self.checkout(name), self.hashes(name), self.trees, scanned)
 
     def component(self, name: str) -> Component:
         return self.stack.components[name]
