@@ -60,23 +60,50 @@ def build_key(ws: Workspace, part: Part, fresh: bool = False) -> dict:
     }
 
 
-class BuildCheck(Check):
+class SourceCheck(Check):
+    """A check keyed on a checkout's content (``key()["source"]``): our own
+    build outputs are left out of both sides, and a key that differs only
+    because an edit was committed (same files, new tree) still matches."""
+
+    component: str
+
+    def compare(self, old: dict, new: dict) -> tuple[dict, dict]:
+        outputs = self.ws.outputs(self.component)
+        old = dict(old, source=tree.without_outputs(old.get("source", {}), outputs))
+        new = dict(new, source=tree.without_outputs(new["source"], outputs))
+        return old, new
+
+    def equivalent(self, stamp: dict, now: dict) -> bool:
+        if not stamp.get("content"):
+            return False
+        old, new = self.compare(stamp.get("key", {}), now)
+        if {k: v for k, v in old.items() if k != "source"} != \
+                {k: v for k, v in new.items() if k != "source"}:
+            return False
+        try:
+            same = content_of(self.ws, self.component, now["source"]) == stamp["content"]
+        except StackError:
+            return False
+        if same:
+            self.reason = "up to date (the same files, now committed)"
+        return same
+
+
+def content_of(ws: Workspace, component: str, source: dict) -> dict:
+    return tree.content(ws.checkout(component), source, ws.outputs(component))
+
+
+class BuildCheck(SourceCheck):
     """Stale when the checkout's content, the commands, env or named settings
     change, a needed component was reinstalled differently, or an artifact
     is missing."""
 
     def __init__(self, ws: Workspace, part: Part):
         super().__init__(ws.stamps, f"build:{part.id}")
-        self.ws, self.part = ws, part
+        self.ws, self.part, self.component = ws, part, part.component
 
     def key(self) -> dict:
         return build_key(self.ws, self.part)
-
-    def compare(self, old: dict, new: dict) -> tuple[dict, dict]:
-        outputs = self.ws.outputs(self.part.component)
-        old = dict(old, source=tree.without_outputs(old.get("source", {}), outputs))
-        new = dict(new, source=tree.without_outputs(new["source"], outputs))
-        return old, new
 
     def missing(self) -> str | None:
         root = self.ws.checkout(self.part.component)
@@ -116,6 +143,7 @@ def run_commands(ws: Workspace, part: Part, commands, task_id: str, sudo=False) 
 def _build(ws: Workspace, part: Part) -> dict:
     task_id = f"build:{part.id}"
     key = build_key(ws, part, fresh=True)
+    content = content_of(ws, part.component, key["source"])
     run_commands(ws, part, part.build, task_id)
     root = ws.checkout(part.component)
     missing = [a for a in part.artifacts if not (root / a).exists()]
@@ -124,6 +152,7 @@ def _build(ws: Workspace, part: Part) -> dict:
             f"the build finished but did not produce: {', '.join(missing)}",
             hint="check 'artifacts' in stack.yaml against what the build writes "
                  f"(log: {ws.log(task_id)})")
+    key["_extra"] = {"content": content}
     return key
 
 

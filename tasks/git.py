@@ -299,6 +299,23 @@ def tree_of(path: Path, commit: str) -> str:
     return query(path, "rev-parse", f"{commit}^{{tree}}")
 
 
+def tree_with(path: Path, paths: list[str]) -> str:
+    """The tree HEAD's tree would become if ``paths`` were committed as they
+    are in the work tree (added, changed or deleted); nothing is written
+    but objects."""
+    with tempfile.TemporaryDirectory(prefix="kps-tree-") as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        query(path, "read-tree", "HEAD", env=env)
+        data = "".join(p + "\0" for p in paths).encode("utf-8", "surrogateescape")
+        result = runner.capture_result(
+            _argv(path, "update-index", "--add", "--remove", "-z", "--stdin"),
+            env={**_ENV, **env}, input=data)
+        if result.returncode != 0:
+            raise CommandFailed("git update-index", result.returncode,
+                                result.stderr.decode("utf-8", "replace"), None)
+        return query(path, "write-tree", env=env)
+
+
 def paths_only_in(path: Path, old: str, new: str) -> list[str]:
     """Files tracked at ``old`` but not at ``new``."""
     out = query(path, "diff", "--name-only", "-z", "--no-renames", "--diff-filter=D", old, new)

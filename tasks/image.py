@@ -21,12 +21,10 @@ import os
 import re
 import shlex
 
-from . import tree
 from .action import step
-from .build import installed_of, recording_outputs
+from .build import SourceCheck, content_of, installed_of, recording_outputs
 from .errors import StackError
 from .run import run, say, tail
-from .state import Check
 from .workspace import Workspace
 
 # Where a staged install puts programs, searched before the live system.
@@ -72,23 +70,17 @@ def values(ws: Workspace) -> dict | None:
     return {"kernel": stamp["kernel"], "initrd": stamp["initrd"]}
 
 
-class ImageCheck(Check):
+class ImageCheck(SourceCheck):
     """Stale when the builder's checkout, the installed files of the
     components it needs, the kernel or any option changes, or when the
     image file is missing."""
 
     def __init__(self, ws: Workspace):
         super().__init__(ws.stamps, "image")
-        self.ws = ws
+        self.ws, self.component = ws, ws.stack.image.builder
 
     def key(self) -> dict:
         return image_key(self.ws)
-
-    def compare(self, old: dict, new: dict) -> tuple[dict, dict]:
-        outputs = self.ws.outputs(self.ws.stack.image.builder)
-        old = dict(old, source=tree.without_outputs(old.get("source", {}), outputs))
-        new = dict(new, source=tree.without_outputs(new["source"], outputs))
-        return old, new
 
     def missing(self) -> str | None:
         output = self.ws.stack.image.output
@@ -113,6 +105,7 @@ def search_path(ws: Workspace) -> str:
 def _build(ws: Workspace) -> dict:
     img = ws.stack.image
     key = image_key(ws, fresh=True)
+    content = content_of(ws, img.builder, key["source"])
     checkout = ws.checkout(img.builder)
     script = checkout / "mbuto"
     if not script.is_file():
@@ -156,7 +149,7 @@ def _build(ws: Workspace) -> dict:
     if os.path.realpath(initrd) == os.path.realpath(partial):
         initrd = os.path.realpath(output)
     say(f"  image: {output} built: kernel = \"{found['kernel']}\", initrd = \"{initrd}\"")
-    key["_extra"] = {"kernel": found["kernel"], "initrd": initrd}
+    key["_extra"] = {"kernel": found["kernel"], "initrd": initrd, "content": content}
     return key
 
 

@@ -143,6 +143,25 @@ class Prefetch:
         self._pool.shutdown(wait=False)
 
 
+def content(path: Path, state: dict, outputs: set[str]) -> dict:
+    """What a checkout's files hold, whatever commit they sit on: the tree
+    git would write if every change were committed (our build outputs left
+    out), plus the submodules' own states.  Committing an edit that was
+    built changes ``state`` but not this."""
+    edits = state.get("edits", {})
+    subs = [k[:-1] for k in edits if k.endswith("@")]
+
+    def in_sub(p: str) -> bool:
+        return any(p == s or p.startswith(s + "/") for s in subs)
+
+    files = sorted(p for p, fp in edits.items()
+                   if not p.endswith("@") and not in_sub(p) and p not in outputs
+                   and fp.lstrip("?") != "d")
+    subs_state = {k: v for k, v in edits.items() if k.endswith("@") or in_sub(k)}
+    tree = git.tree_with(path, files) if files else state.get("tree")
+    return {"tree": tree, "submodules": subs_state}
+
+
 def without_outputs(state: dict, outputs: set[str]) -> dict:
     """The state with our own build outputs left out (compare like with like:
     both the saved and the current state are filtered by today's outputs)."""

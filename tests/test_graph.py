@@ -404,3 +404,18 @@ def test_branch_of_yours_is_kept_when_the_pin_moves(ab):
     assert "your branch 'mywork' (kept" in res.err
     assert git(src, "log", "-1", "--format=%s", "mywork") == "my work"
     assert ab.staged("/usr/local/bin/alpha").read_text().endswith("echo alpha two\n")
+
+
+def test_committing_a_built_edit_rebuilds_nothing(ab):
+    ab.doit()
+    src = ab.src("beta")
+    (src / "beta.in").write_text("beta edited\n")
+    write(src / "extra.txt", "new file\n")
+    assert sorted(ab.doit().ran) == ["build:beta", "install:beta"]
+    git(src, "add", "-A")
+    git(src, "commit", "-q", "-m", "my edit")
+    assert ab.doit().ran == []
+    # ... but committing something other than what was built does rebuild.
+    (src / "beta.in").write_text("beta edited again\n")
+    git(src, "commit", "-q", "-am", "another")
+    assert sorted(ab.doit().ran) == ["build:beta", "install:beta"]
