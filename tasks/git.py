@@ -233,13 +233,14 @@ def update_submodules(path: Path, log: Path, label: str, which) -> None:
          "--recursive", "--force", *paths, label=label)
 
 
-def apply_series(path: Path, base: str, patches: list[tuple[str, bytes]]) -> str:
+def apply_series(path: Path, base: str, patches: list[tuple[str, bytes]],
+                 scratch: Path | None = None) -> str:
     """Commit each patch on top of ``base`` without touching the work tree;
     return the last commit.  ``patches`` holds (name shown to the user, bytes).
     """
     if not patches:
         return base
-    with tempfile.TemporaryDirectory(prefix="kps-apply-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="kps-apply-", dir=scratch) as tmp:
         env = {**_IDENTITY, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
         date = query(path, "show", "-s", "--format=%cI", base)
         env["GIT_COMMITTER_DATE"] = date

@@ -119,7 +119,7 @@ def _patch_checkout(ws: Workspace, c: Component) -> dict:
     outputs = ws.outputs(c.name)
 
     try:
-        target = git.apply_series(path, base, patch_bytes(ws, c))
+        target = git.apply_series(path, base, patch_bytes(ws, c), scratch=ws.scratch())
     except PatchFailed as err:
         if current != base and not [e for e in git.local_edits(path) if e not in outputs]:
             _move(ws, c, current, base, log, label)
@@ -141,7 +141,8 @@ def _patch_checkout(ws: Workspace, c: Component) -> dict:
                      "then run doit again")
         if current:
             git.refuse_if_edited(path, c.name, why, ignore=outputs)
-        branch = git.branch(path)
+        # (a new checkout's unborn branch is not the user's)
+        branch = git.branch(path) if current else None
         _move(ws, c, current, target, log, label)
         if branch:
             say(f"  {label}the checkout was on your branch '{branch}' (kept, not built); "

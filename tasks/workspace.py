@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -48,6 +49,13 @@ class Workspace:
 
     def log(self, task_id: str) -> Path:
         return self.logs / (task_id.replace(":", "-").replace("/", "-") + ".log")
+
+    def scratch(self) -> Path:
+        """Temporary files of this run (emptied when the next run starts, so
+        a killed run leaves nothing behind for long)."""
+        folder = self.state / "tmp"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def marker(self, name: str) -> Path:
         """Exists while the patch step moves a checkout (see patch.py)."""
@@ -154,3 +162,4 @@ class Workspace:
             for command in run.reap(procs):
                 run.say(f"stopped a command left running by an interrupted run: {command}")
             run.record_commands_in(procs)
+            shutil.rmtree(self.state / "tmp", ignore_errors=True)

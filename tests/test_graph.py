@@ -419,3 +419,9 @@ def test_committing_a_built_edit_rebuilds_nothing(ab):
     (src / "beta.in").write_text("beta edited again\n")
     git(src, "commit", "-q", "-am", "another")
     assert sorted(ab.doit().ran) == ["build:beta", "install:beta"]
+
+
+def test_first_run_does_not_mention_a_branch(ab):
+    res = ab.doit()
+    assert "your branch" not in res.err
+    assert not list((ab.workdir / "state" / "tmp").glob("kps-*"))
