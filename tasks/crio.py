@@ -75,16 +75,6 @@ def clear_record(state: Path) -> None:
         pass
 
 
-def _stat(pid: int) -> tuple[str, str] | None:
-    """(state letter, start time in clock ticks) of a process, or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rfind(")") + 2:].split()
-    return (fields[0], fields[19]) if len(fields) > 19 else None
-
-
 def _cmdline(pid: int) -> list[str]:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
@@ -96,7 +86,7 @@ def is_ours(record: dict) -> bool:
     """The recorded process is still running and is still that crio (same
     start time, 'crio' on its command line, possibly behind sudo)."""
     pid = record["pid"]
-    st = _stat(pid)
+    st = run.proc_stat(pid)
     if st is None or st[0] in ("Z", "X") or st[1] != record.get("starttime"):
         return False
     return any(os.path.basename(arg) == "crio" for arg in _cmdline(pid)[:4])
@@ -130,7 +120,7 @@ def ensure(ws, shell, pod) -> bool:
         argv += list(pod.crio_args)
         run.say(f"CRI-O does not answer on {pod.socket}: starting it (output in {log})")
         proc = shell.start(argv, log)
-        st = _stat(proc.pid)
+        st = run.proc_stat(proc.pid)
         record = {"pid": proc.pid, "starttime": st[1] if st else "", "argv": argv,
                   "socket": pod.socket, "log": str(log), "sudo": shell.sudo,
                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}

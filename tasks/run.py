@@ -44,12 +44,20 @@ def record_commands_in(folder: Path) -> None:
     _registry = folder
 
 
-def _start_ticks(pid: int) -> str | None:
+def proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state letter, start time in clock ticks) of a process, or None if it
+    is gone: the start time tells a process from a later one with its pid."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            fields = f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+def _start_ticks(pid: int) -> str | None:
+    st = proc_stat(pid)
+    return st[1] if st else None
 
 
 def reap(folder: Path) -> list[str]:
@@ -86,11 +94,8 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     # a zombie leader still counts for killpg; look at its state
-    try:
-        with open(f"/proc/{pgid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    st = proc_stat(pgid)
+    return st is not None and st[0] != "Z"
 
 
 def say(message: str) -> None:
