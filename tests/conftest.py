@@ -228,11 +228,20 @@ class Project:
         assert old in text, f"{old!r} not in stack.yaml:\n{text}"
         self.stack_file.write_text(text.replace(old, new, 1))
 
+    def argv(self, *args: str) -> list[str]:
+        """The doit command line for this project's stack."""
+        return [sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"),
+                f"stack={self.stack_file}", *args]
+
+    def start(self, *args: str, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+              env: dict | None = None) -> subprocess.Popen:
+        """doit in the background (for interrupting it)."""
+        return subprocess.Popen(self.argv(*args), cwd=self.root, stdout=stdout, stderr=stderr,
+                                text=True, env={**os.environ, **(env or {})})
+
     def doit(self, *args: str, expect: int | None = 0, env: dict | None = None,
              timeout: float = 120) -> Result:
-        cmd = [sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"),
-               f"stack={self.stack_file}", *args]
-        result = subprocess.run(cmd, capture_output=True, text=True, cwd=self.root,
+        result = subprocess.run(self.argv(*args), capture_output=True, text=True, cwd=self.root,
                                 env={**os.environ, **(env or {})}, timeout=timeout,
                                 errors="replace")
         res = Result(result.returncode, result.stdout, result.stderr)

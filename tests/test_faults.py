@@ -11,12 +11,11 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Project, Upstreams, git
+from conftest import Project, Upstreams, git
 
 SLOW_AB = """\
 alpha:
@@ -90,9 +89,7 @@ def snapshot(p: Project) -> dict:
 def kill_during(p: Project, target: str, delay: float) -> str:
     """Start doit, SIGKILL it ``delay`` seconds after ``target`` starts;
     return the last task that had started."""
-    cmd = [sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"), f"stack={p.stack_file}"]
-    proc = subprocess.Popen(cmd, cwd=p.root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = p.start(stderr=subprocess.DEVNULL, env={"PYTHONUNBUFFERED": "1"})
     last = "(startup)"
     try:
         for line in proc.stdout:
@@ -150,14 +147,8 @@ def test_interrupt_stops_the_build_and_the_next_run_resumes(project):
           build: ['echo $$ > {pidfile}; sleep 30 & wait', make]
           artifacts: [bin/alpha]
         """)
-    cmd = [sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"),
-           f"stack={project.stack_file}"]
-    proc = subprocess.Popen(cmd, cwd=project.root, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not pidfile.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert pidfile.exists(), "the build never started"
+    proc = project.start()
+    wait_for(pidfile)
     time.sleep(0.2)
     child = int(pidfile.read_text())
     proc.send_signal(signal.SIGINT)
@@ -173,6 +164,14 @@ def test_interrupt_stops_the_build_and_the_next_run_resumes(project):
                        "build: ['echo $$ > " + str(pidfile) + "', make]")
     res = project.doit()
     assert "build:alpha" in res.ran and "fetch:alpha" not in res.ran
+
+
+def wait_for(path: Path, timeout: float = 30) -> None:
+    """Until a build command of the run in the background wrote ``path``."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"the build never wrote {path}"
 
 
 def _alive(pid: int) -> bool:
@@ -211,13 +210,8 @@ def test_a_second_run_refuses_at_once_and_the_first_is_unharmed(project):
           install: make install
           installs: [$PREFIX/bin/alpha]
         """)
-    cmd = [sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"),
-           f"stack={project.stack_file}"]
-    first = subprocess.Popen(cmd, cwd=project.root, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not flag.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    first = project.start()
+    wait_for(flag)
     start = time.monotonic()
     second = project.doit(expect=None)
     took = time.monotonic() - start
@@ -245,13 +239,8 @@ def test_commands_left_running_by_a_killed_run_are_stopped_by_the_next(project):
           build: ['echo $$ > {pidfile}; sleep 60', make]
           artifacts: [bin/alpha]
         """)
-    cmd = [sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"),
-           f"stack={project.stack_file}"]
-    proc = subprocess.Popen(cmd, cwd=project.root, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not pidfile.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = project.start(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(pidfile)
     time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)

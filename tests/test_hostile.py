@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT, commit_all, git, git_init, write
+from conftest import commit_all, git, git_init, write
 
 ALPHA = """\
 alpha:
@@ -134,8 +134,7 @@ def _max_rss_kb(project, *args) -> tuple[int, subprocess.CompletedProcess]:
              "r = subprocess.run(sys.argv[1:], capture_output=True, text=True, errors='replace');"
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);"
              "print(r.returncode); sys.stderr.write(r.stdout + r.stderr)")
-    cmd = [sys.executable, "-c", probe, sys.executable, "-m", "doit", "-f",
-           str(ROOT / "dodo.py"), f"stack={project.stack_file}", *args]
+    cmd = [sys.executable, "-c", probe, *project.argv(*args)]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=project.root)
     rss, code = result.stdout.split()
     return int(rss), subprocess.CompletedProcess(cmd, int(code), "", result.stderr)
