@@ -114,13 +114,15 @@ class BuildCheck(SourceCheck):
 
 
 @contextmanager
-def recording_outputs(ws: Workspace, component: str):
+def recording_outputs(ws: Workspace, component: str, before: dict[str, str] | None = None):
     """Untracked files created in the checkout while the block runs are
-    recorded as build output (not source edits), even if it fails."""
+    recorded as build output (not source edits), even if it fails.
+    ``before`` is a scan taken just now (a key's ``source["edits"]``), if any."""
     path = ws.checkout(component)
     cache = ws.hashes(component)
     ws.prefetch.touched(component)
-    _, before = tree.scan(path, cache)
+    if before is None:
+        _, before = tree.scan(path, cache)
     try:
         yield
     finally:
@@ -130,11 +132,12 @@ def recording_outputs(ws: Workspace, component: str):
         cache.save()
 
 
-def run_commands(ws: Workspace, part: Part, commands, task_id: str, sudo=False) -> None:
+def run_commands(ws: Workspace, part: Part, commands, task_id: str, sudo=False,
+                 before: dict[str, str] | None = None) -> None:
     """Run commands in the checkout, recording what they create."""
     if not commands:
         return
-    with recording_outputs(ws, part.component):
+    with recording_outputs(ws, part.component, before):
         for command in commands:
             run(command, cwd=ws.checkout(part.component), log=ws.log(task_id),
                 env=ws.env(part), sudo=sudo, label=f"{task_id}: ")
@@ -144,7 +147,8 @@ def _build(ws: Workspace, part: Part) -> dict:
     task_id = f"build:{part.id}"
     key = build_key(ws, part, fresh=True)
     content = content_of(ws, part.component, key["source"])
-    run_commands(ws, part, part.build, task_id)
+    # The key's fresh scan is the state before the build: no second scan.
+    run_commands(ws, part, part.build, task_id, before=key["source"]["edits"])
     root = ws.checkout(part.component)
     missing = [a for a in part.artifacts if not (root / a).exists()]
     if missing:

@@ -124,7 +124,7 @@ def _build(ws: Workspace) -> dict:
     command = (shlex.join(argv) + ' >"$KPS_MBUTO_STDOUT" || echo "(mbuto exited with status $?;'
                ' success is judged by its output)"')
     log = ws.log("image")
-    with recording_outputs(ws, img.builder):
+    with recording_outputs(ws, img.builder, before=key["source"]["edits"]):
         run(command, cwd=checkout, log=log, label="image: ",
             env={"PATH": search_path(ws), "KPS_MBUTO_STDOUT": str(captured)})
     printed = captured.read_text(errors="replace") if captured.exists() else ""
