@@ -11,7 +11,8 @@ from pathlib import Path
 
 from doit import get_var
 
-from tasks import build, check, configs, fetch, image, loader, patch, pod
+from tasks import loader
+from tasks.steps import build, check, configs, fetch, image, install, patch, pod
 
 WS = loader.workspace(get_var("stack"), Path(__file__).parent)
 
@@ -33,7 +34,7 @@ def task_build():
 
 def task_install():
     """Install each component (or part) into destdir or the live system."""
-    yield from build.install_tasks(WS)
+    yield from install.install_tasks(WS)
 
 
 def task_update():
@@ -46,15 +47,9 @@ def task_reset():
     yield from fetch.reset_tasks(WS)
 
 
-# --- check ---
-
-
 def task_check():
     """Check the tools, libraries and devices the stack needs; say how to install them."""
     return check.task(WS)
-
-
-# --- image and configs ---
 
 
 def task_image():
@@ -65,9 +60,6 @@ def task_image():
 def task_config():
     """Write the host's configuration files (doit config:NAME force=1 overwrites hand edits)."""
     yield from configs.tasks(WS, force=get_var("force"))
-
-
-# --- pod ---
 
 
 def task_run_pod():

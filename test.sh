@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up (once: .venv with the test dependencies) and run the checks:
-# ruff, then the test suite.  ./test.sh [pytest arguments...]
+# ruff, then the test suite.  ./test.sh [--all] [pytest arguments...]
+# The kill -9 trials (marked slow) run only with --all, as .ci/run does.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${KPS_VENV:-$here/.venv}"
@@ -12,4 +13,9 @@ if [ ! -x "$venv/bin/pytest" ] || [ "$here/pyproject.toml" -nt "$venv/.kps-test-
 fi
 cd "$here"
 "$venv/bin/ruff" check .
-exec "$venv/bin/python" -m pytest "$@"
+tier=(-m "not slow")
+if [ "${1:-}" = "--all" ]; then
+    tier=()
+    shift
+fi
+exec "$venv/bin/python" -m pytest "${tier[@]}" "$@"

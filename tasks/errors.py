@@ -64,3 +64,17 @@ class LockHeld(StackError):
 
 class ConfigError(StackError):
     """A configuration file could not be written safely."""
+
+
+def closest(word, choices) -> str | None:
+    """The choice a mistyped ``word`` most likely meant, or None."""
+    import difflib
+
+    match = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def did_you_mean(word, choices) -> str:
+    """`` (did you mean 'x'?)`` when a choice is close to ``word``, else ``""``."""
+    guess = closest(word, choices)
+    return f" (did you mean '{guess}'?)" if guess else ""

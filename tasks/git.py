@@ -21,7 +21,6 @@ from .errors import CommandFailed, DirtyCheckout, GitError, PatchFailed
 
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 HEXISH = re.compile(r"^[0-9a-f]{7,40}$")
-REFS_PREFIX = "refs/kps/"
 
 # Transports git may use, also for submodules and insteadOf rewrites; never
 # ext:: or fd:: (they run commands).
@@ -220,10 +219,6 @@ def reset_hard(path: Path, commit: str, log: Path, label: str) -> None:
     _run(path, log, "checkout", "-q", "--detach", commit, label=label)
 
 
-def clean_untracked(path: Path, log: Path, label: str) -> None:
-    _run(path, log, "clean", "-q", "-d", "-f", label=label)
-
-
 def update_submodules(path: Path, log: Path, label: str, which) -> None:
     """Check out submodules at the commits the superproject pins: all of them
     (``which`` is True) or only the listed paths (and their own submodules)."""
@@ -249,11 +244,11 @@ def apply_series(path: Path, base: str, patches: list[tuple[str, bytes]],
         for name, data in patches:
             patch_file = Path(tmp) / "p.patch"
             patch_file.write_bytes(data)
-            result = runner.capture_result(
+            result = runner.query(
                 _argv(path, "apply", "--cached", "--whitespace=nowarn", "-p1", str(patch_file)),
-                env={**_ENV, **env})
-            if result.returncode != 0:
-                why = result.stderr.decode("utf-8", "replace").strip() or "git apply failed"
+                env={**_ENV, **env}, check=False)
+            if not result.ok:
+                why = result.err.strip() or "git apply failed"
                 raise PatchFailed(f"patch {name} does not apply:\n{why}")
             if not query(path, "diff", "--cached", "--name-only", parent, env=env):
                 raise PatchFailed(f"patch {name} changes nothing (is it empty, or already "
@@ -273,11 +268,11 @@ def _author_like_committer(env) -> dict[str, str]:
 
 def _describe_patch(path: Path, name: str, data: bytes, tmp: str):
     """Subject and author of a format-patch mail; a plain diff gets its file name."""
-    result = runner.capture_result(
+    result = runner.query(
         _argv(path, "mailinfo", "-k", str(Path(tmp) / "msg"), str(Path(tmp) / "patch")),
-        env=_ENV, input=data)
+        env=_ENV, input=data, check=False)
     info = {}
-    if result.returncode == 0:
+    if result.ok:
         for line in result.stdout.decode("utf-8", "replace").splitlines():
             key, _, value = line.partition(": ")
             info[key] = value
@@ -308,12 +303,8 @@ def tree_with(path: Path, paths: list[str]) -> str:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         query(path, "read-tree", "HEAD", env=env)
         data = "".join(p + "\0" for p in paths).encode("utf-8", "surrogateescape")
-        result = runner.capture_result(
-            _argv(path, "update-index", "--add", "--remove", "-z", "--stdin"),
-            env={**_ENV, **env}, input=data)
-        if result.returncode != 0:
-            raise CommandFailed("git update-index", result.returncode,
-                                result.stderr.decode("utf-8", "replace"), None)
+        runner.query(_argv(path, "update-index", "--add", "--remove", "-z", "--stdin"),
+                     env={**_ENV, **env}, input=data)
         return query(path, "write-tree", env=env)
 
 

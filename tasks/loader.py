@@ -1,29 +1,49 @@
-"""Turn ``doit stack=PATH`` into a Workspace and doit's configuration.
+"""From ``doit stack=PATH`` to a Workspace and doit's configuration.
 
 Called once when dodo.py is imported.  A bad stack file becomes doit's
 ``InvalidDodoFile`` so doit prints our lines and exits non-zero, without a
 traceback and before anything runs.
+
+Validation (``tasks/spec``) costs ~150 ms of pydantic model building, a
+quarter of a no-op, so ``load()`` keeps the validated ``Stack`` in a cache
+under the workdir (``<workdir>/state/stack.pickle``) keyed by the file's
+bytes, the validator's code and the environment it reads (HOME, CPU count),
+and uses it only while the files validation looked at (patches, pod
+templates) still exist or not as they did.
+
+doit's read-only commands (``list``, ``info``, ``help``...) write nothing:
+no lock, no cache, no database file.  Which command runs is read from the
+command line with doit's own parser, here and nowhere else.
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
+import pickle
 import signal
 import sys
 from pathlib import Path
 
+import yaml
 from doit import get_initial_workdir
+from doit.cmd_base import DodoTaskLoader
+from doit.cmdparse import CmdOption, CmdParse, CmdParseError
 from doit.exceptions import InvalidDodoFile
 
-from . import run
+from . import run, state
 from .errors import SpecError, StackError
-from .stack import load
+from .model import Stack
 from .workspace import Workspace
 
 # What plain `doit` runs, in this order, where dodo.py defines it; run_pod,
 # stop_pod, update and reset run only when asked for.
 DEFAULT_TASKS = ["check", "fetch", "patch", "build", "install", "image", "config"]
+
+# doit commands that only read: they write nothing, and work while another
+# run builds.
+READ_ONLY_COMMANDS = {"list", "info", "help", "tabcompletion"}
 
 
 def stack_path(value: str | None, project: Path) -> Path:
@@ -35,21 +55,46 @@ def stack_path(value: str | None, project: Path) -> Path:
     return path
 
 
-# doit commands that only read: they must work while another run builds.
-READ_ONLY_COMMANDS = {"list", "info", "help", "dumpdb", "tabcompletion", "strace"}
+def doit_command(argv: list[str]) -> str:
+    """The doit command ``argv`` runs (``run`` when none is named), parsed
+    the way doit parses it: loader options first, then ``NAME=VALUE``
+    variables, then the command."""
+    try:
+        parser = CmdParse([CmdOption(opt) for opt in DodoTaskLoader.cmd_options])
+        _, rest = parser.parse_only(list(argv))
+    except CmdParseError:
+        rest = list(argv)
+    words = [a for a in rest if not ("=" in a and not a.startswith("-"))]
+    if words and words[0] in ("--help", "--version"):
+        return "help"
+    if words and words[0] in _commands():
+        return words[0]
+    return "run"
+
+
+def _commands() -> set[str]:
+    from doit.doit_cmd import DoitMain
+
+    return {cmd.get_name() for cmd in DoitMain.DOIT_CMDS}
+
+
+def is_read_only(argv: list[str] | None = None) -> bool:
+    return doit_command(sys.argv[1:] if argv is None else argv) in READ_ONLY_COMMANDS
 
 
 def workspace(value: str | None, project: Path, argv: list[str] | None = None) -> Workspace:
+    read_only = is_read_only(argv)
+    if read_only:
+        state.set_read_only()
     try:
-        stack = load(stack_path(value, project), project=project)
+        stack = load(stack_path(value, project), project=project, store=not read_only)
     except SpecError as err:
         raise InvalidDodoFile(str(err)) from None
     _stop_children_on_exit()
-    ws = Workspace(stack)
-    args = sys.argv[1:] if argv is None else argv
-    if not READ_ONLY_COMMANDS.intersection(args):
+    ws = Workspace(stack, read_only=read_only)
+    if not read_only:
         # Refuse at once, before looking at any task, if another run holds
-        # the workdir (actions would take the lock anyway).
+        # the workdir.
         try:
             ws.lock()
         except StackError as err:
@@ -58,17 +103,107 @@ def workspace(value: str | None, project: Path, argv: list[str] | None = None) -
 
 
 def doit_config(ws: Workspace, namespace: dict) -> dict:
-    try:
-        ws.make_workdir()  # doit opens its database there
-    except StackError as err:
-        raise InvalidDodoFile(str(err)) from None
+    db = ws.workdir / ".doit.db"
+    if ws.read_only:
+        # doit opens (and so creates) its database even to list tasks
+        dep_file = str(db) if db.exists() else ":memory:"
+    else:
+        try:
+            ws.make_workdir()  # doit opens its database there
+        except StackError as err:
+            raise InvalidDodoFile(str(err)) from None
+        dep_file = str(db)
     return {
-        "dep_file": str(ws.workdir / ".doit.db"),
+        "dep_file": dep_file,
         "backend": "sqlite3",
         "default_tasks": [t for t in DEFAULT_TASKS if f"task_{t}" in namespace],
         "action_string_formatting": "new",
         "par_type": "thread",
+        "verbosity": 2,  # every step prints what it runs itself, and logs the rest
     }
+
+
+# --------------------------------------------------------------------------
+# Loading, with a cache
+
+CACHE_VERSION = 2
+_SPEC = Path(__file__).parent / "spec"
+_CODE = [*sorted(_SPEC.glob("*.py")), Path(__file__).parent / "model.py",
+         Path(__file__).parent / "host" / "prereqs.py"]
+
+
+def load(path, project: Path | None = None, store: bool = True) -> Stack:
+    """The validated stack at ``path`` (``SpecError`` if it is invalid)."""
+    path = Path(path).absolute()
+    try:
+        data = path.read_bytes()
+    except OSError:
+        data = None  # let validation say what is wrong
+    cache = cache_file(path, data) if data is not None else None
+    key = _key(path, project, data) if cache else None
+    if key:
+        stack = _cached(cache, key)
+        if stack is not None:
+            return stack
+    from . import spec  # pydantic only when something changed
+
+    stack, checked = spec.validate(path, project=project)
+    if key and store and cache.parent.parent == stack.settings.workdir:
+        _store(cache, key, stack, checked)
+    return stack
+
+
+def cache_file(path: Path, data: bytes) -> Path | None:
+    """``<workdir>/state/stack.pickle``, the workdir read from the file with
+    a plain YAML parse (the full validation is what the cache saves)."""
+    try:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        doc = yaml.load(data, Loader=loader)
+        workdir = ((doc.get("settings") or {}).get("workdir") or "build")
+        if not isinstance(workdir, str):
+            return None
+    except Exception:  # noqa: BLE001 - validation will say what is wrong
+        return None
+    folder = Path(os.path.normpath(path.parent / os.path.expanduser(workdir)))
+    return folder / "state" / "stack.pickle"
+
+
+def _key(path: Path, project: Path | None, data: bytes) -> str:
+    code = []
+    for file in _CODE:
+        try:
+            st = os.stat(file)
+            code.append((file.name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            code.append((file.name, None, None))
+    facts = (CACHE_VERSION, str(path), str(project), os.environ.get("HOME"), os.cpu_count(),
+             sys.version_info[:2], code, hashlib.sha256(data).hexdigest())
+    return hashlib.sha256(repr(facts).encode()).hexdigest()
+
+
+def _cached(cache: Path, key: str) -> Stack | None:
+    try:
+        with open(cache, "rb") as f:
+            entry = pickle.load(f)
+        if entry["key"] != key:
+            return None
+        for name, was_file in entry["files"]:
+            if os.path.isfile(name) != was_file:
+                return None
+        return entry["stack"]
+    except Exception:  # a missing, old or damaged cache is just a miss
+        return None
+
+
+def _store(cache: Path, key: str, stack: Stack, files: list) -> None:
+    try:
+        state.atomic_write(cache, pickle.dumps({"key": key, "stack": stack, "files": files}))
+    except OSError:
+        pass  # only a cache
+
+
+# --------------------------------------------------------------------------
+# Interrupts
 
 
 def _stop_children_on_exit() -> None:

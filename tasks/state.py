@@ -26,12 +26,26 @@ from pathlib import Path
 from .errors import StackError
 
 _HASH_CHUNK = 1 << 20
+_read_only = False
+
+
+def set_read_only() -> None:
+    """For doit's read-only commands (list, info, help): from now on the
+    caches are not written, and any other write is a bug that fails loudly."""
+    global _read_only
+    _read_only = True
+
+
+def read_only() -> bool:
+    return _read_only
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int | None = None,
                  owner: tuple[int, int] | None = None) -> None:
     """Write ``path`` so that a reader sees the old or the new content, never
     half of it, even if this process is killed."""
+    if _read_only:
+        raise StackError(f"internal error: {path} written by a read-only command")
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(data, str):
         data = data.encode()
@@ -61,33 +75,78 @@ def digest(obj) -> str:
 
 
 # --------------------------------------------------------------------------
+# JSON state files
+
+
+class JsonFile:
+    """One JSON state file: read as a value of ``kind`` (anything else, a
+    missing file or a damaged one reads as ``default``), written atomically.
+    Every state file under the workdir goes through this."""
+
+    def __init__(self, path: Path, kind: type = dict, default=None):
+        self.path = path
+        self.kind = kind
+        self.default = default
+
+    def read(self):
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return self._default()
+        return data if isinstance(data, self.kind) else self._default()
+
+    def _default(self):
+        if self.default is not None:
+            return self.default
+        return self.kind() if self.kind in (dict, list) else None
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def write(self, data, indent: int | None = 1, sort_keys: bool = True) -> None:
+        atomic_write(self.path, json.dumps(data, indent=indent, sort_keys=sort_keys))
+
+    def update(self, **values) -> dict:
+        data = {**self.read(), **values}
+        self.write(data)
+        return data
+
+    def clear(self) -> None:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+# --------------------------------------------------------------------------
 # Stamps
 
 
 class Stamps:
-    """One JSON file per task under ``<workdir>/state/stamps``."""
+    """One JSON file per task under ``<workdir>/state/stamps``: ``key`` (what
+    the task ran for) and what it produced (``installed``, ``kernel``...),
+    which the tasks that depend on it read through ``produced()``."""
 
     def __init__(self, root: Path):
         self.root = root
 
-    def _file(self, task_id: str) -> Path:
-        return self.root / (task_id.replace(":", "@").replace("/", "@") + ".json")
+    def _file(self, task_id: str) -> JsonFile:
+        return JsonFile(self.root / (task_id.replace(":", "@").replace("/", "@") + ".json"))
 
     def read(self, task_id: str) -> dict | None:
-        try:
-            return json.loads(self._file(task_id).read_text())
-        except (OSError, ValueError):
-            return None
+        return self._file(task_id).read() or None
 
-    def write(self, task_id: str, key: dict, **extra) -> None:
-        record = {"task": task_id, "key": key, "time": time.time(), **extra}
-        atomic_write(self._file(task_id), json.dumps(record, sort_keys=True, indent=1))
+    def produced(self, task_id: str, name: str):
+        """What a finished task recorded as ``name``, or None."""
+        stamp = self.read(task_id)
+        return stamp.get(name) if stamp else None
+
+    def write(self, task_id: str, key: dict, **produced) -> None:
+        record = {"task": task_id, "key": key, "time": time.time(), **produced}
+        self._file(task_id).write(record)
 
     def clear(self, task_id: str) -> None:
-        try:
-            self._file(task_id).unlink()
-        except FileNotFoundError:
-            pass
+        self._file(task_id).clear()
 
 
 def explain(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -185,10 +244,7 @@ class HashCache:
 
     def _load(self) -> dict:
         if self._data is None:
-            try:
-                self._data = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                self._data = {}
+            self._data = JsonFile(self.path).read()
         return self._data
 
     def fingerprint(self, path: Path) -> str:
@@ -228,12 +284,14 @@ class HashCache:
         return f"f{mode}:{value}"
 
     def save(self) -> None:
+        if _read_only:
+            return
         with self._lock:
             if not self._dirty or self._data is None:
                 return
-            data = json.dumps(self._data, separators=(",", ":"))
+            data = dict(self._data)
             self._dirty = False
         try:
-            atomic_write(self.path, data)
+            JsonFile(self.path).write(data, indent=None, sort_keys=False)
         except OSError:
             pass  # only a cache

@@ -13,14 +13,13 @@ too.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
 
 from . import git
 from .errors import StackError
-from .state import HashCache, atomic_write
+from .state import HashCache, JsonFile, read_only
 
 _trees_lock = threading.Lock()
 
@@ -54,16 +53,13 @@ class Trees:
     """commit -> tree, remembered on disk (it never changes for a commit)."""
 
     def __init__(self, file: Path):
-        self.file = file
+        self.file = JsonFile(file)
         self._data: dict[str, str] | None = None
 
     def tree(self, repo: Path, commit: str) -> str:
         with _trees_lock:
             if self._data is None:
-                try:
-                    self._data = json.loads(self.file.read_text())
-                except (OSError, ValueError):
-                    self._data = {}
+                self._data = self.file.read()
             tree = self._data.get(commit)
         if tree:
             return tree
@@ -72,10 +68,11 @@ class Trees:
             self._data[commit] = tree
             if len(self._data) > 500:
                 self._data = dict(list(self._data.items())[-200:])
-            try:
-                atomic_write(self.file, json.dumps(self._data))
-            except OSError:
-                pass
+            if not read_only():
+                try:
+                    self.file.write(self._data, indent=None, sort_keys=False)
+                except OSError:
+                    pass  # only a cache
         return tree
 
 

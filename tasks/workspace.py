@@ -1,15 +1,15 @@
-"""Where things live for one stack, and the per-run shared helpers.
+"""Where things live for one stack, and the one owner of state on disk.
 
 A ``Workspace`` is made once when dodo.py loads: the validated ``Stack``
 plus the folders under the workdir (``src/``, ``logs/``, ``state/``), the
-stamps, the per-checkout hash caches and build-output records, and the run
-lock.  Creating it touches nothing on disk: ``doit list`` stays read-only.
+stamps, every JSON state file (``json()``), the per-checkout hash caches and
+build-output records, and the run lock.  Creating it touches nothing on
+disk: ``doit list`` stays read-only.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import threading
@@ -19,14 +19,15 @@ from pathlib import Path
 from . import run
 from .errors import LockHeld, StackError
 from .lockfile import LockFile
-from .stack import Component, Part, Stack
-from .state import HashCache, Stamps, atomic_write
+from .model import Component, Part, Stack
+from .state import HashCache, JsonFile, Stamps
 from .tree import Prefetch, Trees, source_state
 
 
 class Workspace:
-    def __init__(self, stack: Stack):
+    def __init__(self, stack: Stack, read_only: bool = False):
         self.stack = stack
+        self.read_only = read_only  # doit list / info / help: nothing is written
         self.settings = stack.settings
         self.workdir = stack.settings.workdir
         self.src = self.workdir / "src"
@@ -57,9 +58,13 @@ class Workspace:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def marker(self, name: str) -> Path:
-        """Exists while the patch step moves a checkout (see patch.py)."""
-        return self.state / "moving" / f"{name}.json"
+    def json(self, *name: str, kind: type = dict) -> JsonFile:
+        """The state file ``<workdir>/state/NAME/.../LAST.json``."""
+        return JsonFile(self.state.joinpath(*name[:-1], name[-1] + ".json"), kind=kind)
+
+    def marker(self, name: str) -> JsonFile:
+        """Exists while the patch step moves a checkout (see steps/patch.py)."""
+        return self.json("moving", name)
 
     def hashes(self, name: str) -> HashCache:
         with self._outputs_lock:
@@ -79,29 +84,20 @@ class Workspace:
 
     # -- build outputs in checkouts -------------------------------------------
 
-    def _outputs_file(self, name: str) -> Path:
-        return self.state / "outputs" / f"{name}.json"
+    def _outputs_file(self, name: str) -> JsonFile:
+        return self.json("outputs", name, kind=list)
 
     def outputs(self, name: str) -> set[str]:
         """Untracked paths our own build and install commands created in a
         checkout: build output, not source edits."""
-        try:
-            return set(json.loads(self._outputs_file(name).read_text()))
-        except (OSError, ValueError, TypeError):
-            return set()
+        return {p for p in self._outputs_file(name).read() if isinstance(p, str)}
 
     def add_outputs(self, name: str, paths: set[str]) -> None:
         with self._outputs_lock:
             data = self.outputs(name)
             if paths <= data:
                 return
-            atomic_write(self._outputs_file(name), json.dumps(sorted(data | paths), indent=0))
-
-    def forget_outputs(self, name: str) -> None:
-        try:
-            self._outputs_file(name).unlink()
-        except FileNotFoundError:
-            pass
+            self._outputs_file(name).write(sorted(data | paths), indent=0)
 
     # -- command environment ---------------------------------------------------
 
@@ -117,9 +113,8 @@ class Workspace:
         return env
 
     def needs_sudo(self) -> bool:
-        """Install commands get sudo when not root and installing live."""
-        return (self.settings.sudo == "auto" and os.geteuid() != 0
-                and not self.settings.destdir)
+        """Writes to the target system get sudo when not root and live."""
+        return run.sudo_for(self.settings.sudo, live=not self.settings.destdir)
 
     # -- the run lock -------------------------------------------------------------
 

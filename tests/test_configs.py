@@ -16,7 +16,8 @@ import pytest
 import yaml
 from conftest import FIXTURES, ROOT, write
 
-from tasks import configs, docedit
+from tasks.host import docedit
+from tasks.steps import configs
 
 KATA_CONF = "/etc/kata-containers/configuration.toml"
 KATA_BASE = "/usr/share/defaults/kata-containers/configuration-qemu.toml"

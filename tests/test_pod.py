@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import StackError
-from tasks.pod import Shell
+from tasks.host.crictl import Shell
 from tasks.spec import load_stack
 from tasks.workspace import Workspace
 

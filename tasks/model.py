@@ -1,26 +1,15 @@
-"""The stack as the code uses it, and ``load()``: validated once, then cached.
-
-``tasks/spec.py`` validates stack.yaml with pydantic and returns a frozen
-``Stack``; that costs ~150 ms of model building on every run, a quarter of
-a no-op.  ``load()`` keeps the validated ``Stack`` in a cache under
-``~/.cache/kata-passt-stack`` keyed by the file's bytes, the validator's
-code and the environment it reads (HOME, CPU count), and uses it only while
-the files validation looked at (patches, pod templates) still exist or not
-as they did.  Anything else goes through full validation.
-"""
+"""The stack as the code uses it: frozen dataclasses, made once by
+``tasks/spec`` from stack.yaml and never changed.  Nothing here reads files
+or runs anything."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import pickle
 import re
-import sys
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
 
-# Variables a config's `set` values may use (tasks/configs.py gives their values).
+# Variables a config's `set` values may use (tasks/steps/configs.py gives their values).
 VARIABLES = {
     "image.kernel": "the kernel mbuto named for the image",
     "image.initrd": "the image mbuto built",
@@ -175,77 +164,3 @@ class Stack:
         if self.settings.destdir:
             return Path(self.settings.destdir + path)
         return Path(path)
-
-
-# --------------------------------------------------------------------------
-# Loading, with a cache
-
-CACHE_VERSION = 1
-_CODE = ("spec.py", "stack.py", "yamlsrc.py", "prereqs.py")
-
-
-def load(path, project: Path | None = None) -> Stack:
-    """The validated stack at ``path`` (``SpecError`` if it is invalid)."""
-    path = Path(path).absolute()
-    try:
-        data = path.read_bytes()
-    except OSError:
-        data = None  # let validation say what is wrong
-    cache = _cache_file(path)
-    key = _key(path, project, data) if data is not None and cache else None
-    if key:
-        stack = _cached(cache, key)
-        if stack is not None:
-            return stack
-    from . import spec  # pydantic only when something changed
-
-    stack = spec.load_stack(path, project=project)
-    if key:
-        _store(cache, key, stack, list(spec.checked_files))
-    return stack
-
-
-def _cache_file(path: Path) -> Path | None:
-    root = os.environ.get("XDG_CACHE_HOME") or (
-        os.path.join(os.environ["HOME"], ".cache") if os.environ.get("HOME") else None)
-    if not root:
-        return None
-    name = hashlib.sha256(str(path).encode()).hexdigest()[:24]
-    return Path(root) / "kata-passt-stack" / f"{name}.pickle"
-
-
-def _key(path: Path, project: Path | None, data: bytes) -> str:
-    here = Path(__file__).parent
-    code = []
-    for name in _CODE:
-        try:
-            st = os.stat(here / name)
-            code.append((name, st.st_mtime_ns, st.st_size))
-        except OSError:
-            code.append((name, None, None))
-    facts = (CACHE_VERSION, str(path), str(project), os.environ.get("HOME"), os.cpu_count(),
-             sys.version_info[:2], code, hashlib.sha256(data).hexdigest())
-    return hashlib.sha256(repr(facts).encode()).hexdigest()
-
-
-def _cached(cache: Path, key: str) -> Stack | None:
-    try:
-        with open(cache, "rb") as f:
-            entry = pickle.load(f)
-        if entry["key"] != key:
-            return None
-        for name, was_file in entry["files"]:
-            if os.path.isfile(name) != was_file:
-                return None
-        return entry["stack"]
-    except Exception:  # a missing, old or damaged cache is just a miss
-        return None
-
-
-def _store(cache: Path, key: str, stack: Stack, files: list) -> None:
-    from .state import atomic_write
-
-    try:
-        atomic_write(cache, pickle.dumps({"key": key, "stack": stack, "files": files}))
-    except OSError:
-        pass  # only a cache

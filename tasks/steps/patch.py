@@ -12,16 +12,15 @@ and finished cleanly by the next run.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 
-from . import git
-from .action import step
-from .errors import PatchFailed, StackError
-from .run import say
-from .stack import Component
-from .state import Check, atomic_write
-from .workspace import Workspace
+from .. import git
+from ..action import ids, step, task_id
+from ..errors import PatchFailed, StackError
+from ..model import Component
+from ..run import say
+from ..state import Check
+from ..workspace import Workspace
 
 
 def patch_bytes(ws: Workspace, c: Component) -> list[tuple[str, bytes]]:
@@ -58,7 +57,7 @@ class PatchCheck(Check):
     """Stale when the base commit or any patch's content changes."""
 
     def __init__(self, ws: Workspace, c: Component):
-        super().__init__(ws.stamps, f"patch:{c.name}")
+        super().__init__(ws.stamps, task_id("patch", c.name))
         self.ws, self.c = ws, c
 
     def key(self) -> dict:
@@ -76,12 +75,11 @@ def _recover(ws: Workspace, c: Component, log, label) -> None:
     """Finish a checkout move that was killed half-way: back to where it
     started, exactly (tracked files restored, files it had added removed)."""
     marker = ws.marker(c.name)
-    try:
-        move = json.loads(marker.read_text())
-    except FileNotFoundError:
+    if not marker.exists():
         return
-    except ValueError:
-        marker.unlink()
+    move = marker.read()
+    if not isinstance(move.get("from"), str) or not isinstance(move.get("to"), str):
+        marker.clear()  # damaged: nothing to finish
         return
     path = ws.checkout(c.name)
     say(f"  {label}finishing an interrupted checkout move ({move['from'][:12]} -> "
@@ -94,7 +92,7 @@ def _recover(ws: Workspace, c: Component, log, label) -> None:
             os.unlink(path / leftover)
         except (FileNotFoundError, IsADirectoryError):
             pass
-    marker.unlink()
+    marker.clear()
 
 
 def _patch(ws: Workspace, c: Component) -> dict:
@@ -107,14 +105,16 @@ def _patch(ws: Workspace, c: Component) -> dict:
 
 def _patch_checkout(ws: Workspace, c: Component) -> dict:
     path = ws.checkout(c.name)
-    task_id = f"patch:{c.name}"
-    log = ws.log(task_id)
-    label = f"{task_id}: "
+    tid = task_id("patch", c.name)
+    log = ws.log(tid)
+    label = f"{tid}: "
     key = patch_key(ws, c)
     base = key["base"]
     git.clear_stale_locks(path, ws.started)
     _recover(ws, c, log, label)
-    previous = ws.stamps.read(f"{task_id}#head") or {}
+    # Where we last put HEAD: kept apart from the stamp, which a failed run
+    # clears, to tell our own patched commits from the user's.
+    previous = _head_record(ws, c).read()
     current = git.head(path)
     outputs = ws.outputs(c.name)
 
@@ -129,7 +129,7 @@ def _patch_checkout(ws: Workspace, c: Component) -> dict:
                  f"commit {base[:12]}), then run doit again") from None
 
     if current != target:
-        why = ("its pin or patch series changed" if previous.get("key") else
+        why = ("its pin or patch series changed" if previous.get("head") else
                "it must be put at its pinned commit")
         if current and current != previous.get("head") and current != base \
                 and not git.on_some_ref(path, current):
@@ -152,30 +152,33 @@ def _patch_checkout(ws: Workspace, c: Component) -> dict:
     applied = len(c.patches)
     say(f"  {label}{c.ref} ({base[:12]})" + (f" + {applied} patch(es) = {target[:12]}"
                                               if applied else ""))
-    ws.stamps.write(f"{task_id}#head", {}, head=target)
+    _head_record(ws, c).write({"head": target})
     return key
+
+
+def _head_record(ws: Workspace, c: Component):
+    return ws.json("checkouts", c.name)
 
 
 def _move(ws: Workspace, c: Component, current: str | None, target: str, log, label) -> None:
     path = ws.checkout(c.name)
     marker = ws.marker(c.name)
     if current:
-        atomic_write(marker, json.dumps({"from": current, "to": target}))
+        marker.write({"from": current, "to": target})
     git.switch(path, target, log, label)
     if current:
-        marker.unlink()
+        marker.clear()
 
 
 def tasks(ws: Workspace):
     for c in ws.stack.components.values():
-        deps = [f"fetch:{c.name}"] + [f"patch:{other}" for other in c.patch_sources()
-                                      if other != c.name]
+        deps = [task_id("fetch", c.name)] + ids("patch", (o for o in c.patch_sources()
+                                                          if o != c.name))
         yield {
             "name": c.name,
             "doc": f"check out {c.name} at {c.ref}"
                    + (f" and apply {len(c.patches)} patch(es)" if c.patches else ""),
-            "actions": [step(ws, f"patch:{c.name}", lambda c=c: _patch(ws, c))],
+            "actions": [step(ws, task_id("patch", c.name), lambda c=c: _patch(ws, c))],
             "task_dep": deps,
             "uptodate": [PatchCheck(ws, c)],
-            "verbosity": 2,
         }

@@ -11,8 +11,8 @@ mbuto exits 1 even when it succeeds, so success is judged by what it prints
 (``kernel = "..."`` and ``initrd = "..."``, the values the Kata
 configuration needs) and by the image file it writes.  It writes to a
 temporary name that replaces the old image only once complete: a failed
-build leaves the previous image in place.  The two values are kept in the
-image's stamp, where the config tasks read them.
+build leaves the previous image in place.  The two values are recorded
+with the image's stamp, where the config tasks that use them read them.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ import os
 import re
 import shlex
 
-from .action import step
-from .build import SourceCheck, content_of, installed_of, recording_outputs
-from .errors import StackError
-from .run import run, say, tail
-from .workspace import Workspace
+from ..action import Done, installs_of, step, task_id
+from ..checkout import SourceCheck, content_of, installed_of, recording_outputs
+from ..errors import StackError
+from ..run import run, say, tail
+from ..workspace import Workspace
+
+TASK = task_id("image")
 
 # Where a staged install puts programs, searched before the live system.
 STAGED_BIN_DIRS = ("/usr/libexec", "{prefix}/bin", "{prefix}/sbin", "{prefix}/libexec",
@@ -62,21 +64,13 @@ def image_key(ws: Workspace, fresh: bool = False) -> dict:
     }
 
 
-def values(ws: Workspace) -> dict | None:
-    """``{"kernel": ..., "initrd": ...}`` from the last image built, or None."""
-    stamp = ws.stamps.read("image")
-    if not stamp or not stamp.get("kernel") or not stamp.get("initrd"):
-        return None
-    return {"kernel": stamp["kernel"], "initrd": stamp["initrd"]}
-
-
 class ImageCheck(SourceCheck):
     """Stale when the builder's checkout, the installed files of the
     components it needs, the kernel or any option changes, or when the
     image file is missing."""
 
     def __init__(self, ws: Workspace):
-        super().__init__(ws.stamps, "image")
+        super().__init__(ws.stamps, TASK)
         self.ws, self.component = ws, ws.stack.image.builder
 
     def key(self) -> dict:
@@ -123,7 +117,7 @@ def _build(ws: Workspace) -> dict:
             "-k", key["kernel"], "-m", img.modules_root, *img.add]
     command = (shlex.join(argv) + ' >"$KPS_MBUTO_STDOUT" || echo "(mbuto exited with status $?;'
                ' success is judged by its output)"')
-    log = ws.log("image")
+    log = ws.log(TASK)
     with recording_outputs(ws, img.builder, before=key["source"]["edits"]):
         run(command, cwd=checkout, log=log, label="image: ",
             env={"PATH": search_path(ws), "KPS_MBUTO_STDOUT": str(captured)})
@@ -149,22 +143,7 @@ def _build(ws: Workspace) -> dict:
     if os.path.realpath(initrd) == os.path.realpath(partial):
         initrd = os.path.realpath(output)
     say(f"  image: {output} built: kernel = \"{found['kernel']}\", initrd = \"{initrd}\"")
-    key["_extra"] = {"kernel": found["kernel"], "initrd": initrd, "content": content}
-    return key
-
-
-def _action(ws: Workspace):
-    build = step(ws, "image", lambda: _build(ws))
-
-    def action():
-        failed = build()
-        if failed is not None:
-            return failed
-        return values(ws)  # doit keeps them as the task's values
-
-    action.__name__ = build.__name__
-    action.__doc__ = build.__doc__
-    return action
+    return Done(key, {"kernel": found["kernel"], "initrd": initrd, "content": content})
 
 
 def tasks(ws: Workspace):
@@ -172,12 +151,11 @@ def tasks(ws: Workspace):
     img = ws.stack.image
     if img is None:
         return
-    needs = [f"install:{p.id}" for name in img.needs for p in ws.component(name).parts]
+    needs = [t for name in img.needs for t in installs_of(ws, name)]
     yield {
-        "basename": "image",
+        "basename": TASK,
         "doc": f"build the guest image {img.output} with {img.builder} -p {img.profile}",
-        "actions": [_action(ws)],
-        "task_dep": ["check", f"patch:{img.builder}"] + needs,
+        "actions": [step(ws, TASK, lambda: _build(ws))],
+        "task_dep": [task_id("check"), task_id("patch", img.builder)] + needs,
         "uptodate": [ImageCheck(ws)],
-        "verbosity": 2,
     }

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 
-from . import git
-from .action import step
-from .errors import GitError
-from .run import say
-from .stack import Component
-from .state import Check
-from .workspace import Workspace
+from .. import git
+from ..action import step, task_id
+from ..errors import GitError
+from ..model import Component
+from ..run import say
+from ..state import Check
+from ..workspace import Workspace
 
 
 class FetchCheck(Check):
@@ -24,7 +24,7 @@ class FetchCheck(Check):
     the commit, or when the checkout is gone."""
 
     def __init__(self, ws: Workspace, c: Component):
-        super().__init__(ws.stamps, f"fetch:{c.name}")
+        super().__init__(ws.stamps, task_id("fetch", c.name))
         self.ws, self.c = ws, c
 
     def key(self) -> dict:
@@ -49,9 +49,9 @@ def fetch_key(ws: Workspace, c: Component) -> dict:
 def resolve_and_fetch(ws: Workspace, c: Component) -> str:
     """Make sure the commit for ``c.ref`` is present; return it."""
     path = ws.checkout(c.name)
-    task_id = f"fetch:{c.name}"
-    log = ws.log(task_id)
-    label = f"{task_id}: "
+    tid = task_id("fetch", c.name)
+    log = ws.log(tid)
+    label = f"{tid}: "
     git.clear_stale_locks(path, ws.started)
     git.ensure_repo(path, c.git, log, label)
     locked = ws.lockfile.commit_for(c.name, c.git, c.ref)
@@ -78,7 +78,8 @@ def resolve_and_fetch(ws: Workspace, c: Component) -> str:
             raise GitError(
                 f"{c.name}: tag '{c.ref}' now points to {remote.commit} upstream, "
                 f"but stack.lock has {locked}",
-                hint=f"if the tag was moved on purpose, run 'doit update:{c.name}' to take "
+                hint=f"if the tag was moved on purpose, run 'doit {task_id('update', c.name)}' "
+                     "to take "
                      "the new commit; otherwise keep the lock and ask upstream why")
         if remote.is_branch:
             git.fetch(path, log, label, remote, c.ref, c.depth)
@@ -86,7 +87,7 @@ def resolve_and_fetch(ws: Workspace, c: Component) -> str:
                 raise GitError(
                     f"{c.name}: branch '{c.ref}' no longer contains the locked commit "
                     f"{locked} (upstream now has {remote.commit})",
-                    hint=f"run 'doit update:{c.name}' to take the new commit")
+                    hint=f"run 'doit {task_id('update', c.name)}' to take the new commit")
             say(f"  {label}branch '{c.ref}' has moved upstream to {remote.commit[:12]}; "
                 f"keeping the locked {locked[:12]} ('doit update:{c.name}' takes the new one)")
             return locked
@@ -100,15 +101,15 @@ def _fetch(ws: Workspace, c: Component) -> dict:
     ws.prefetch.touched(c.name)
     commit = resolve_and_fetch(ws, c)
     ws.lockfile.record(c.name, c.git, c.ref, commit, keep=set(ws.stack.components))
-    say(f"  fetch:{c.name}: {c.ref} is {commit[:12]}")
+    say(f"  {task_id('fetch', c.name)}: {c.ref} is {commit[:12]}")
     return fetch_key(ws, c)
 
 
 def _update(ws: Workspace, c: Component) -> None:
     """Re-resolve a moving ref (tag or branch) against upstream, on purpose."""
     path = ws.checkout(c.name)
-    log = ws.log(f"update:{c.name}")
-    label = f"update:{c.name}: "
+    tid = task_id("update", c.name)
+    log, label = ws.log(tid), f"{tid}: "
     git.ensure_repo(path, c.git, log, label)
     old = ws.lockfile.commit_for(c.name, c.git, c.ref)
     remote = git.ls_remote(path, c.ref)
@@ -133,8 +134,8 @@ def _reset(ws: Workspace, c: Component) -> None:
     """Put a checkout back to its patched state; local edits go to a stash."""
     ws.prefetch.touched(c.name)
     path = ws.checkout(c.name)
-    log = ws.log(f"reset:{c.name}")
-    label = f"reset:{c.name}: "
+    tid = task_id("reset", c.name)
+    log, label = ws.log(tid), f"{tid}: "
     if not git.is_repo(path):
         say(f"  {label}no checkout yet: nothing to reset")
         return None
@@ -149,7 +150,7 @@ def _reset(ws: Workspace, c: Component) -> None:
     else:
         say(f"  {label}no local edits")
     # The next run re-applies the patch series and rebuilds from it.
-    ws.stamps.clear(f"patch:{c.name}")
+    ws.stamps.clear(task_id("patch", c.name))
     return None
 
 
@@ -158,7 +159,7 @@ def tasks(ws: Workspace):
         yield {
             "name": c.name,
             "doc": f"fetch {c.name} {c.ref} from {c.git}",
-            "actions": [step(ws, f"fetch:{c.name}", lambda c=c: _fetch(ws, c))],
+            "actions": [step(ws, task_id("fetch", c.name), lambda c=c: _fetch(ws, c))],
             "uptodate": [FetchCheck(ws, c)],
             "verbosity": 2,
         }
@@ -169,7 +170,7 @@ def update_tasks(ws: Workspace):
         yield {
             "name": c.name,
             "doc": f"re-resolve {c.name} {c.ref} upstream and record it in stack.lock",
-            "actions": [step(ws, f"update:{c.name}", lambda c=c: _update(ws, c))],
+            "actions": [step(ws, task_id("update", c.name), lambda c=c: _update(ws, c))],
             "verbosity": 2,
         }
 
@@ -179,6 +180,6 @@ def reset_tasks(ws: Workspace):
         yield {
             "name": c.name,
             "doc": f"stash local edits in {c.name}'s checkout so the patch step can move it",
-            "actions": [step(ws, f"reset:{c.name}", lambda c=c: _reset(ws, c))],
+            "actions": [step(ws, task_id("reset", c.name), lambda c=c: _reset(ws, c))],
             "verbosity": 2,
         }

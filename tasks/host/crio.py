@@ -17,15 +17,14 @@ pid is never mistaken for it) and its command line go to
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import time
 from pathlib import Path
 
-from . import run
-from .errors import StackError
-from .state import atomic_write
+from .. import run
+from ..errors import StackError
+from ..state import JsonFile
+from .crictl import crictl_argv
 
 DEFAULT_SOCKET = "/var/run/crio/crio.sock"
 PROBE_TIMEOUT = 2  # s, crictl's connection timeout for the "does it answer" probe
@@ -33,21 +32,10 @@ STOP_TIMEOUT = 15  # s between SIGTERM and SIGKILL
 POLL = 0.2
 
 
-def crictl(socket: str, timeout: int) -> list[str]:
-    """crictl with our endpoint and request timeout.  Global flags come
-    before the subcommand, and flags of the subcommand before its arguments
-    (crictl ignores flags after the first argument).  The timeout is a
-    duration; crictl's default of 2 s (doubled for runp) is too short for
-    booting a VM."""
-    endpoint = f"unix://{socket}"
-    return ["crictl", "--runtime-endpoint", endpoint, "--image-endpoint", endpoint,
-            f"--timeout={timeout}s"]
-
-
 def answers(shell, socket: str, record: bool = False) -> bool:
     if not os.path.exists(socket):
         return False
-    res = shell.query(crictl(socket, PROBE_TIMEOUT) + ["version"], check=False,
+    res = shell.query(crictl_argv(socket, PROBE_TIMEOUT) + ["version"], check=False,
                       quiet=not record, record=record)
     return res.code == 0
 
@@ -56,30 +44,13 @@ def answers(shell, socket: str, record: bool = False) -> bool:
 # The crio we started
 
 
-def record_file(state: Path) -> Path:
-    return state / "crio.json"
+def record_file(ws) -> JsonFile:
+    return ws.json("crio")
 
 
-def read_record(state: Path) -> dict | None:
-    try:
-        data = json.loads(record_file(state).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
-
-
-def clear_record(state: Path) -> None:
-    try:
-        record_file(state).unlink()
-    except FileNotFoundError:
-        pass
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
+def read_record(ws) -> dict | None:
+    data = record_file(ws).read()
+    return data if isinstance(data.get("pid"), int) else None
 
 
 def is_ours(record: dict) -> bool:
@@ -89,7 +60,7 @@ def is_ours(record: dict) -> bool:
     st = run.proc_stat(pid)
     if st is None or st[0] in ("Z", "X") or st[1] != record.get("starttime"):
         return False
-    return any(os.path.basename(arg) == "crio" for arg in _cmdline(pid)[:4])
+    return any(os.path.basename(arg) == "crio" for arg in run.cmdline(pid)[:4])
 
 
 def _tail_message(log: Path) -> str:
@@ -108,14 +79,13 @@ def ensure(ws, shell, pod) -> bool:
         run.say(f"CRI-O answers on {pod.socket}: using it")
         return False
     log = ws.logs / "crio.log"
-    record = read_record(ws.state)
+    record = read_record(ws)
     proc = None
     if record and is_ours(record) and record.get("socket") == pod.socket:
         run.say(f"the crio run_pod started earlier (pid {record['pid']}) does not answer yet: "
                 "waiting for it")
     else:
-        if log.exists():
-            os.replace(log, log.with_name(log.name + ".1"))
+        run.rotate(log)
         argv = ["crio"] + ([] if "--listen" in pod.crio_args else ["--listen", pod.socket])
         argv += list(pod.crio_args)
         run.say(f"CRI-O does not answer on {pod.socket}: starting it (output in {log})")
@@ -124,12 +94,12 @@ def ensure(ws, shell, pod) -> bool:
         record = {"pid": proc.pid, "starttime": st[1] if st else "", "argv": argv,
                   "socket": pod.socket, "log": str(log), "sudo": shell.sudo,
                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        atomic_write(record_file(ws.state), json.dumps(record, indent=1))
+        record_file(ws).write(record)
     deadline = time.monotonic() + pod.start_timeout
     while True:
         code = proc.poll() if proc else (None if is_ours(record) else "?")
         if code is not None:
-            clear_record(ws.state)
+            record_file(ws).clear()
             raise StackError(f"crio exited (code {code}) before answering on {pod.socket}"
                              + _tail_message(log), CRIO_HINT)
         if answers(shell, pod.socket):
@@ -138,7 +108,7 @@ def ensure(ws, shell, pod) -> bool:
             return True
         if time.monotonic() > deadline:
             stop(shell, record, proc)
-            clear_record(ws.state)
+            record_file(ws).clear()
             raise StackError(
                 f"CRI-O did not answer on {pod.socket} within {pod.start_timeout} s "
                 f"(stopped the crio started, pid {record['pid']})" + _tail_message(log),
@@ -155,29 +125,23 @@ def _gone(record: dict, proc) -> bool:
 
 def stop(shell, record: dict, proc=None) -> None:
     """SIGTERM the recorded crio, wait, then SIGKILL; only if it is still it."""
-    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 5)):
-        if _gone(record, proc) or not is_ours(record):
-            return
-        shell.kill(record["pid"], sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if _gone(record, proc):
-                return
-            time.sleep(POLL / 2)
-    if not _gone(record, proc):
+    def send(sig) -> bool:
+        return is_ours(record) and shell.kill(record["pid"], sig)
+
+    if not run.stop(send, lambda: _gone(record, proc), grace=STOP_TIMEOUT, poll=POLL / 2):
         raise StackError(f"crio (pid {record['pid']}) did not stop after SIGKILL")
 
 
 def stop_ours(ws, shell) -> str | None:
     """Stop the crio run_pod started, if it still runs; say what happened."""
-    record = read_record(ws.state)
+    record = read_record(ws)
     if record is None:
         return None
     pid = record["pid"]
     if not is_ours(record):
-        clear_record(ws.state)
+        record_file(ws).clear()
         return f"the crio run_pod started (pid {pid}) is no longer running"
     run.say(f"stopping the crio run_pod started (pid {pid})")
     stop(shell, record)
-    clear_record(ws.state)
+    record_file(ws).clear()
     return f"stopped the crio run_pod started (pid {pid})"

@@ -1,7 +1,7 @@
 """check: every prerequisite of this stack, what was found, what is wanted,
 and how to install what is missing.
 
-Which requirements apply (the catalog is tasks/prereqs.py):
+Which requirements apply (the catalog is tasks/host/prereqs.py):
 
 * ``git``, always (fetch);
 * every ``requires`` entry of every part (a component's list is inherited by
@@ -27,7 +27,6 @@ what was found changed, in parallel, and cached by that signature in
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -36,15 +35,16 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import prereqs
-from .action import step
-from .errors import StackError
-from .prereqs import CATALOG, Found, Prereq, Range
-from .run import say
-from .state import Check, atomic_write, digest
-from .workspace import Workspace
+from ..action import step, task_id
+from ..errors import StackError
+from ..host import prereqs, probe
+from ..host.prereqs import CATALOG, Prereq, Range
+from ..host.probe import Found
+from ..run import is_root, say
+from ..state import Check, digest
+from ..workspace import Workspace
 
-TASK = "check"
+TASK = task_id("check")
 POD_NEEDS = ("runc", "conmon", "kvm", "vhost-vsock", "virtiofsd")
 IMAGE_TOOLS = ("cpio", "kmod", "file", "bc", "make", "wget", "strip", "which")
 COMPRESSORS = {"gzip": "gzip", "lz4": "lz4", "lzma": "xz", "lzo": "lzop"}
@@ -180,7 +180,7 @@ def snapshot(ws: Workspace, **kw) -> list[Item]:
             if hit:
                 items.append(Item(need, None, hit))
                 continue
-        items.append(Item(need, prereqs.locate(p, need.environ(), memo), None))
+        items.append(Item(need, probe.locate(p, need.environ(), memo), None))
     return items
 
 
@@ -252,30 +252,25 @@ def _changes(old: dict, new: dict) -> list[str]:
 
 
 def _cache_file(ws: Workspace):
-    return ws.state / "prereqs.json"
+    return ws.json("prereqs")
 
 
 def probe_versions(ws: Workspace, items: list[Item]) -> dict[str, dict]:
     """Version probe results by probe key: cached ones, the others probed in
     parallel now.  The cache keeps only what this stack uses."""
-    try:
-        cache = json.loads(_cache_file(ws).read_text())
-        if not isinstance(cache, dict):
-            cache = {}
-    except (OSError, ValueError):
-        cache = {}
+    cache = _cache_file(ws).read()
     wanted = {i.probe_key: i for i in items if i.probe_key}
     todo = {k: i for k, i in wanted.items() if k not in cache}
     if todo:
-        def probe(item: Item) -> dict:
-            return prereqs.probe_version(item.need.prereq, item.found.path, item.need.environ())
+        def version_of(item: Item) -> dict:
+            return probe.probe_version(item.need.prereq, item.found.path, item.need.environ())
         with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
-            for k, res in zip(todo, pool.map(probe, todo.values()), strict=True):
+            for k, res in zip(todo, pool.map(version_of, todo.values()), strict=True):
                 cache[k] = res
     kept = {k: cache[k] for k in wanted}
-    if todo or len(kept) != len(cache):
+    if (todo or len(kept) != len(cache)) and not ws.read_only:
         try:
-            atomic_write(_cache_file(ws), json.dumps(kept, sort_keys=True, indent=0))
+            _cache_file(ws).write(kept, indent=0)
         except OSError:
             pass  # only a cache
     return kept
@@ -320,7 +315,7 @@ def evaluate(ws: Workspace, items: list[Item]) -> list[Result]:
 
 
 def _sudo() -> str:
-    return "" if os.geteuid() == 0 else "sudo "
+    return "" if is_root() else "sudo "
 
 
 def _fix_lines(r: Result, indent: str) -> list[str]:
@@ -396,5 +391,4 @@ def task(ws: Workspace) -> dict:
                "(found, wanted, how to install)",
         "actions": [step(ws, TASK, lambda: _check(ws))],
         "uptodate": [PrereqCheck(ws)],
-        "verbosity": 2,
     }

@@ -1,0 +1,95 @@
+"""build:NAME[/PART]: run a part's build commands in its checkout.
+
+A build is keyed on the checkout's content (``tree.source_state``), its
+commands and env, the settings its commands name (``$PREFIX``, ``$DESTDIR``;
+never ``$JOBS``, which changes speed, not output), and the installed content
+of the components it ``needs``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..action import Done, installs_of, step, task_id
+from ..checkout import SourceCheck, content_of, installed_of, run_commands
+from ..errors import StackError
+from ..model import Part
+from ..workspace import Workspace
+
+_VAR_RE = re.compile(r"\$(?:\{(PREFIX|DESTDIR)\}|(PREFIX|DESTDIR)\b)")
+
+
+def named_settings(ws: Workspace, commands) -> dict[str, str]:
+    """Settings a command names explicitly: they are part of what it builds."""
+    names = set()
+    for cmd in commands:
+        for m in _VAR_RE.finditer(cmd):
+            names.add(m.group(1) or m.group(2))
+    values = {"PREFIX": ws.settings.prefix, "DESTDIR": ws.settings.destdir}
+    return {n: values[n] for n in sorted(names)}
+
+
+def build_key(ws: Workspace, part: Part, fresh: bool = False) -> dict:
+    c = ws.component(part.component)
+    source = ws.source_state(c.name, fresh=fresh)
+    needs = {}
+    for other in c.needs:
+        needs.update(installed_of(ws, other))
+    return {
+        "source": source,
+        "commands": list(part.build),
+        "env": dict(part.env),
+        "settings": named_settings(ws, part.build),
+        "needs": needs,
+    }
+
+
+class BuildCheck(SourceCheck):
+    """Stale when the checkout's content, the commands, env or named settings
+    change, a needed component was reinstalled differently, or an artifact
+    is missing."""
+
+    def __init__(self, ws: Workspace, part: Part):
+        super().__init__(ws.stamps, task_id("build", part.id))
+        self.ws, self.part, self.component = ws, part, part.component
+
+    def key(self) -> dict:
+        return build_key(self.ws, self.part)
+
+    def missing(self) -> str | None:
+        root = self.ws.checkout(self.part.component)
+        for artifact in self.part.artifacts:
+            if not (root / artifact).exists():
+                return f"artifact {artifact} is missing"
+        return None
+
+
+def _build(ws: Workspace, part: Part) -> dict:
+    tid = task_id("build", part.id)
+    key = build_key(ws, part, fresh=True)
+    content = content_of(ws, part.component, key["source"])
+    # The key's fresh scan is the state before the build: no second scan.
+    run_commands(ws, part, part.build, tid, before=key["source"]["edits"])
+    root = ws.checkout(part.component)
+    missing = [a for a in part.artifacts if not (root / a).exists()]
+    if missing:
+        raise StackError(
+            f"the build finished but did not produce: {', '.join(missing)}",
+            hint="check 'artifacts' in stack.yaml against what the build writes "
+                 f"(log: {ws.log(tid)})")
+    return Done(key, {"content": content})
+
+
+def build_tasks(ws: Workspace):
+    for c in ws.stack.components.values():
+        needs = [t for other in c.needs for t in installs_of(ws, other)]
+        for part in c.parts:
+            yield {
+                "name": part.id,
+                "doc": f"build {part.id}" + (f" (after {', '.join(c.needs)})" if c.needs else ""),
+                "actions": [step(ws, task_id("build", part.id), lambda p=part: _build(ws, p))],
+                "task_dep": [task_id("check"), task_id("patch", c.name)] + needs,
+                "uptodate": [BuildCheck(ws, part)],
+            }
+
+

@@ -1,0 +1,202 @@
+"""run_pod and stop_pod: the example pod of the manual procedure, with crictl.
+
+``run_pod`` renders the pod and container templates into ``<workdir>/pod/``
+(the image and command come from stack.yaml), makes sure CRI-O answers
+(host/crio.py), removes any pod an earlier run left (passt's socket paths are
+fixed, so two of our pods cannot run at once), pulls the image unless CRI-O
+has it, then ``runp``, ``create``, ``start``, shows ``ip addr show`` from the
+container and, with ``ping: true``, sets ``net.ipv4.ping_group_range`` in the
+pod's network namespace.  The IDs are kept in ``<workdir>/state/pod.json``.
+On any failure it writes a diagnostics folder under ``<workdir>/logs/`` and
+names it.  ``stop_pod`` removes our pod and stops the crio run_pod started.
+Both run whenever asked: there is nothing to be up to date with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+
+from .. import run
+from ..action import installs_of, step, task_id
+from ..errors import StackError
+from ..host import crio
+from ..host.crictl import Crictl, Shell, netns_path
+from ..host.podfiles import LABEL, diagnostics, pod_state, render
+from ..state import JsonFile
+from ..workspace import Workspace
+
+PING_RANGE = "0 2147483647"
+NETNS_DIRS = ("/var/run/netns", "/run/netns")  # where `ip netns exec NAME` looks
+
+
+# --------------------------------------------------------------------------
+# run_pod
+
+
+def _remove_earlier(cri: Crictl, state: JsonFile) -> None:
+    """Stop and remove every pod of ours: the recorded one, and any carrying
+    our label (a state file lost, or another workdir's pod)."""
+    recorded = state.read().get("pod_id")
+    existing = set(cri.pods())
+    targets = cri.pods("--label", f"{LABEL[0]}={LABEL[1]}")
+    if recorded and recorded in existing and recorded not in targets:
+        targets.insert(0, recorded)
+    elif recorded and recorded not in existing:
+        run.say(f"the pod recorded by an earlier run_pod ({recorded[:13]}) is gone")
+    for pod_id in targets:
+        run.say(f"removing the pod left by an earlier run_pod: {pod_id[:13]}")
+        cri("stopp", pod_id)
+        cri("rmp", pod_id)
+    state.clear()
+
+
+def _runp_hint(pod) -> str:
+    return (f"CRI-O must know the runtime handler '{pod.runtime}' "
+            f"([crio.runtime.runtimes.{pod.runtime}] in its config: doit config:crio), and "
+            "runp waits for a CNI config in CRI-O's network_dir (doit config:cni); "
+            "see the diagnostics folder")
+
+
+def run_pod(ws: Workspace) -> None:
+    pod = ws.stack.pod
+    shell = Shell(ws, "run_pod")
+    state = pod_state(ws)
+    cri = Crictl(shell, pod.socket, pod.start_timeout)
+    try:
+        if ws.settings.destdir:
+            run.say(f"note: destdir is {ws.settings.destdir}: crio and crictl come from PATH, "
+                    "not from the staged install")
+        if not shell.sudo and run.which("crictl") is None:  # before starting anything
+            raise StackError("crictl: command not found",
+                             hint="install it (doit install:cri-tools), and make sure the "
+                                  "folder it is installed in is on PATH")
+        pod_file, ctr_file = render(ws, pod)
+        shell.note(f"rendered {pod_file} and {ctr_file}")
+        crio.ensure(ws, shell, pod)
+        _remove_earlier(cri, state)
+        if cri("images", "-q", pod.image).out.strip():
+            run.say(f"image {pod.image} is present: not pulling it")
+        else:
+            cri("pull", pod.image, hint="check the image name (fully qualified, e.g. "
+                "docker.io/library/busybox:latest), registry access and "
+                "/etc/containers/policy.json (doit config:policy)")
+        pod_id = cri.id("pod", "runp", f"--runtime={pod.runtime}", str(pod_file),
+                        hint=_runp_hint(pod))
+        state.update(pod_id=pod_id, socket=pod.socket, runtime=pod.runtime, image=pod.image,
+                     started=time.strftime("%Y-%m-%d %H:%M:%S"))
+        ctr_id = cri.id("container", "create", pod_id, str(ctr_file), str(pod_file))
+        state.update(container_id=ctr_id)
+        cri("start", ctr_id)
+        addr = cri("exec", "-s", ctr_id, "ip", "addr", "show").out
+        if pod.ping:
+            _ping(shell, cri, state, pod_id)
+    except (StackError, OSError) as err:
+        message, hint = (err.message, err.hint) if isinstance(err, StackError) else (
+            str(err), None)
+        where = diagnostics(ws, shell, pod.socket, message)
+        left = state.read().get("pod_id")
+        if left:
+            hint = (hint + "; " if hint else "") + \
+                f"the pod {left[:13]} is left for inspection: doit stop_pod removes it"
+        raise StackError(f"{message}\n--- diagnostics: {where}", hint) from None
+    run.say(f"pod       {pod_id}  (runtime {pod.runtime})")
+    run.say(f"container {ctr_id}  ({pod.image}: {shlex.join(pod.command)})")
+    run.say("ip addr show, in the container:\n" + addr.rstrip("\n"))
+    run.say("stop it with: doit stop_pod")
+
+
+def _ping(shell: Shell, cri: Crictl, state: JsonFile, pod_id: str) -> None:
+    """Let passt (which drops to nobody) use ping sockets in the pod's netns:
+    the sysctl is per network namespace (docs/stack-notes.md#passt)."""
+    res = cri("inspectp", "-o", "json", pod_id)
+    try:
+        info = json.loads(res.out)
+    except ValueError:
+        raise StackError("crictl inspectp did not print JSON", hint=f"see {shell.log}") from None
+    path = netns_path(info)
+    if not path:
+        raise StackError(f"no network namespace path in crictl inspectp {pod_id[:13]}",
+                         hint="set pod.ping: false to skip the ping_group_range sysctl")
+    if os.path.dirname(path) not in NETNS_DIRS:
+        raise StackError(f"the pod's network namespace {path} is not under /var/run/netns, "
+                         "where 'ip netns exec' looks",
+                         hint=f"run: nsenter --net={path} sysctl -w "
+                              f"net.ipv4.ping_group_range=\"{PING_RANGE}\"; or set pod.ping: "
+                              "false")
+    name = os.path.basename(path)
+    shell.query(["ip", "netns", "exec", name,
+                 "sysctl", "-w", f"net.ipv4.ping_group_range={PING_RANGE}"])
+    state.update(netns=path)
+    run.say(f"net.ipv4.ping_group_range = {PING_RANGE} in the pod's netns {name}")
+
+
+# --------------------------------------------------------------------------
+# stop_pod
+
+
+def stop_pod(ws: Workspace) -> None:
+    state = pod_state(ws)
+    record = state.read()
+    socket = record.get("socket") or (ws.stack.pod.socket if ws.stack.pod else
+                                      crio.DEFAULT_SOCKET)
+    shell = Shell(ws, "stop_pod")
+    done = False
+    if crio.answers(shell, socket, record=True):
+        cri = Crictl(shell, socket, ws.stack.pod.start_timeout if ws.stack.pod else 60)
+        recorded = record.get("pod_id")
+        targets = cri.pods("--label", f"{LABEL[0]}={LABEL[1]}")
+        if recorded and recorded not in targets and recorded in cri.pods():
+            targets.insert(0, recorded)
+        for pod_id in targets:
+            cri("stopp", pod_id)
+            cri("rmp", pod_id)
+            run.say(f"removed the pod {pod_id[:13]}")
+            done = True
+        state.clear()
+    elif record.get("pod_id"):
+        run.say(f"CRI-O does not answer on {socket}: the pod {record['pod_id'][:13]} cannot be "
+                "removed now (run_pod or stop_pod removes it once CRI-O runs again)")
+    stopped = crio.stop_ours(ws, shell)
+    if stopped:
+        run.say(stopped)
+        done = done or stopped.startswith("stopped")
+    elif crio.answers(shell, socket):
+        run.say(f"CRI-O on {socket} was not started by run_pod: left running")
+    if not done:
+        run.say("nothing to stop: no pod of ours, and no crio started by run_pod")
+
+
+# --------------------------------------------------------------------------
+# doit
+
+
+def _no_pod():
+    raise StackError("stack.yaml has no 'pod' section",
+                     hint="add one: 'pod: {}' runs busybox with the kata runtime")
+
+
+def run_task(ws: Workspace) -> dict:
+    stack = ws.stack
+    if stack.pod is None:
+        return {"doc": "run the example pod (stack.yaml has no 'pod' section)",
+                "actions": [step(ws, task_id("run_pod"), _no_pod)]}
+    deps = [t for name in stack.components for t in installs_of(ws, name)]
+    if stack.image is not None:
+        deps.append(task_id("image"))
+    deps += [task_id("config", name) for name in stack.configs]
+    return {
+        "doc": f"run the example pod ({stack.pod.image} with runtime {stack.pod.runtime}); "
+               "starts CRI-O if it does not answer",
+        "actions": [step(ws, task_id("run_pod"), lambda: run_pod(ws))],
+        "task_dep": deps,
+    }
+
+
+def stop_task(ws: Workspace) -> dict:
+    return {
+        "doc": "remove the example pod, and stop CRI-O if run_pod started it",
+        "actions": [step(ws, task_id("stop_pod"), lambda: stop_pod(ws))],
+    }
