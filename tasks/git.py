@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import run as runner
 from .errors import CommandFailed, DirtyCheckout, GitError, PatchFailed
+from .state import read_only
 
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 HEXISH = re.compile(r"^[0-9a-f]{7,40}$")
@@ -37,7 +38,8 @@ _IDENTITY = {
 
 
 def _argv(repo: Path | None, *args: str) -> list[str]:
-    base = ["git"]
+    # A read-only doit command (list, info) must not even refresh the index.
+    base = ["git", "--no-optional-locks"] if read_only() else ["git"]
     if repo is not None:
         base += ["-C", str(repo)]
     return base + ["-c", "advice.detachedHead=false", *args]
@@ -301,6 +303,10 @@ def tree_with(path: Path, paths: list[str]) -> str:
     but objects."""
     with tempfile.TemporaryDirectory(prefix="kps-tree-") as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        if read_only():  # the new objects go to the scratch folder, not the checkout
+            objects = query(path, "rev-parse", "--path-format=absolute", "--git-path", "objects")
+            env.update({"GIT_OBJECT_DIRECTORY": str(Path(tmp) / "objects"),
+                        "GIT_ALTERNATE_OBJECT_DIRECTORIES": objects})
         query(path, "read-tree", "HEAD", env=env)
         data = "".join(p + "\0" for p in paths).encode("utf-8", "surrogateescape")
         runner.query(_argv(path, "update-index", "--add", "--remove", "-z", "--stdin"),

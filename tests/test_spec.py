@@ -270,10 +270,7 @@ components:
 
 
 def test_real_stack_file_loads():
-    path = ROOT / "stack.yaml"
-    if not path.exists():
-        pytest.skip("no stack.yaml in the project")
-    stack = load_stack(path)
+    stack = load_stack(ROOT / "stack.yaml")
     assert stack.components
 
 

@@ -20,7 +20,7 @@ LABEL = ("kata-passt-stack", "run_pod")  # on every pod we start: finds them wit
 TAIL_BYTES = 256 * 1024  # of each log copied into a diagnostics folder
 
 # The field names crictl reads (snake_case protobuf JSON tags, see
-# docs/stack-notes.md#cri-tools); it silently drops any other key.
+# docs/stack-notes.md#pod-and-container-files); it silently drops any other key.
 POD_FIELDS = ("metadata", "hostname", "log_directory", "dns_config", "port_mappings",
               "labels", "annotations", "linux", "windows")
 CONTAINER_FIELDS = ("metadata", "image", "command", "args", "working_dir", "envs", "mounts",

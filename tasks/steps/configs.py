@@ -37,7 +37,7 @@ from ..workspace import Workspace
 WRAPPER_TEMPLATE = "qemu-wrapper.sh"
 WRAPPER_PATH = "{prefix}/libexec/kata-passt-stack/qemu-system-x86_64"
 QEMU_PATH = "{prefix}/bin/qemu-system-x86_64"
-# After the virtiofsd built with QEMU: where distributions put theirs (facts §8).
+# After the virtiofsd built with QEMU: where distributions put theirs (docs/stack-notes.md#virtiofsd).
 DISTRO_VIRTIOFSD = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd", "/usr/lib/virtiofsd",
                     "/usr/lib/virtiofsd/virtiofsd")
 _ONE_VAR_RE = re.compile(r"\$\{([^}]*)\}")

@@ -161,7 +161,6 @@ def tasks(ws: Workspace):
             "doc": f"fetch {c.name} {c.ref} from {c.git}",
             "actions": [step(ws, task_id("fetch", c.name), lambda c=c: _fetch(ws, c))],
             "uptodate": [FetchCheck(ws, c)],
-            "verbosity": 2,
         }
 
 
@@ -171,7 +170,6 @@ def update_tasks(ws: Workspace):
             "name": c.name,
             "doc": f"re-resolve {c.name} {c.ref} upstream and record it in stack.lock",
             "actions": [step(ws, task_id("update", c.name), lambda c=c: _update(ws, c))],
-            "verbosity": 2,
         }
 
 
@@ -181,5 +179,4 @@ def reset_tasks(ws: Workspace):
             "name": c.name,
             "doc": f"stash local edits in {c.name}'s checkout so the patch step can move it",
             "actions": [step(ws, task_id("reset", c.name), lambda c=c: _reset(ws, c))],
-            "verbosity": 2,
         }

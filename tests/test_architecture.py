@@ -1,0 +1,126 @@
+"""The rooms of tasks/ and the rules between them (README: Architecture).
+
+Each rule is checked on the code as it is: an import of one step from
+another, a core module importing a step, an import cycle, a process started
+outside run.py, a task id spelled by hand, a module over 600 lines.
+"""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+import re
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+TASKS = ROOT / "tasks"
+MAX_LINES = 600
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(TASKS.rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        name = ".".join(rel.parts)
+        out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def imports_of(name: str, path: Path) -> set[str]:
+    """The tasks.* modules ``name`` imports, anywhere in the file."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("tasks"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("tasks"):
+                continue
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in MODULES else target)
+    return {m for m in found if m in MODULES and m != name}
+
+
+MODULES = modules()
+GRAPH = {name: imports_of(name, path) for name, path in MODULES.items()}
+
+
+def room(name: str) -> str:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in ("spec", "steps", "host") else "core"
+
+
+def test_the_rooms_exist():
+    rooms = {room(n) for n in MODULES}
+    assert rooms == {"core", "spec", "steps", "host"}
+    steps = {n.split(".")[-1] for n in MODULES if room(n) == "steps"}
+    assert {"fetch", "patch", "build", "install", "image", "configs", "check", "pod"} <= steps
+
+
+def test_no_step_imports_another_step():
+    bad = [(a, b) for a, deps in GRAPH.items() if room(a) == "steps"
+           for b in deps if room(b) == "steps" and b != "tasks.steps"]
+    assert bad == []
+
+
+@pytest.mark.parametrize("below", ["core", "spec", "host"])
+def test_nothing_below_the_steps_imports_a_step(below):
+    bad = [(a, b) for a, deps in GRAPH.items() if room(a) == below
+           for b in deps if room(b) == "steps"]
+    assert bad == []
+
+
+def test_no_import_cycles():
+    graphlib.TopologicalSorter(GRAPH).prepare()  # raises CycleError naming the cycle
+
+
+def test_only_the_runner_starts_processes():
+    starts = re.compile(r"^\s*(import subprocess|from subprocess|import sh\b|from sh\b)|"
+                        r"os\.(system|popen|kill|killpg|exec\w*|spawn\w*)\(", re.M)
+    bad = [str(p.relative_to(ROOT)) for n, p in MODULES.items()
+           if n != "tasks.run" and starts.search(p.read_text())]
+    assert bad == []
+
+
+def test_task_ids_come_from_one_helper():
+    spelled = re.compile(r"""f["'](fetch|patch|build|install|config|update|reset|image|"""
+                         r"""check|uninstall):\{""")
+    bad = [f"{p.relative_to(ROOT)}:{i}" for n, p in MODULES.items() if n != "tasks.action"
+           for i, line in enumerate(p.read_text().splitlines(), 1) if spelled.search(line)]
+    assert bad == []
+
+
+def test_verbosity_is_set_once():
+    bad = [str(p.relative_to(ROOT)) for n, p in MODULES.items()
+           if n != "tasks.loader" and '"verbosity"' in p.read_text()]
+    assert bad == []
+
+
+def test_no_module_is_too_big():
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines())
+             for p in MODULES.values()}
+    assert {k: v for k, v in sizes.items() if v > MAX_LINES} == {}
+
+
+def test_the_product_does_not_point_at_the_team_notebook():
+    files = [ROOT / "README.md", ROOT / "stack.yaml", *ROOT.glob("docs/*.md"),
+             *MODULES.values(), *ROOT.glob("configs/*")]
+    bad = [str(f.relative_to(ROOT)) for f in files
+           if "../shared" in f.read_text() or "stack-facts" in f.read_text()
+           or "§" in f.read_text()]
+    assert bad == []
+
+
+def test_the_core_imports_no_host_module():
+    bad = [(a, b) for a, deps in GRAPH.items() if room(a) == "core"
+           for b in deps if room(b) == "host"]
+    assert bad == []
