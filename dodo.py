@@ -57,6 +57,11 @@ def task_image():
     yield from image.tasks(WS)
 
 
+def task_image_boot():
+    """Boot the guest image under QEMU with a stand-in agent (not part of plain doit)."""
+    yield from image.boot_tasks(WS, accel=get_var("accel"), timeout=get_var("timeout"))
+
+
 def task_config():
     """Write the host's configuration files (doit config:NAME force=1 overwrites hand edits)."""
     yield from configs.tasks(WS, force=get_var("force"))

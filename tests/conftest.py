@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -319,7 +320,14 @@ install-agent:
 
 MBUTO_STANDIN = r"""#!/bin/sh -e
 # A stand-in for mbuto: its options, what it prints on stdout (the Kata
-# lines), and its exit status 1 on success.
+# lines), its exit status 1 on success, and a real image: a newc cpio with
+# the host's shell and the libraries ldd names, the kata-agent found with
+# `which` on PATH:/usr/libexec:/sbin:/usr/sbin (a program from a folder
+# ending in /usr/libexec goes to /usr/bin, as our patched mbuto does), and
+# an /init script that runs the agent last.  Edit the two switches below in
+# the checkout to mimic mbuto's bugs.
+SKIP_LINKER=no          # yes: leave the dynamic linker out (mbuto's IFS bug)
+KEEP_STAGED_PATH=no     # yes: keep the agent at its full host path (unpatched mbuto)
 profile=base; out=; comp=none; kver=$(uname -r); mods=/
 while getopts c:df:k:m:p:s:vh opt; do
     case $opt in
@@ -336,9 +344,37 @@ if [ "$profile" != kata ]; then
 fi
 agent=$(PATH="$PATH:/usr/libexec:/sbin:/usr/sbin"; command -v kata-agent) || {
     echo "kata-agent not found" >&2; exit 1; }
+wd=$(mktemp -d)
+trap 'rm -rf "$wd"' EXIT
+copy() {  # copy a host file to the same path in the image, links resolved
+    mkdir -p "$wd$(dirname "$1")"
+    cp -L "$1" "$wd$1"
+}
+shell=$(readlink -f /bin/sh)
+copy "$shell"
+mkdir -p "$wd/bin" "$wd/etc"
+ln -sf "$shell" "$wd/bin/sh"
+for lib in $(ldd "$shell" | awk '$2 == "=>" { print $3 }'); do copy "$lib"; done
+if [ "$SKIP_LINKER" != yes ]; then
+    for ld in $(ldd "$shell" | awk '$2 != "=>" && $1 ~ /^\// { print $1 }'); do copy "$ld"; done
+fi
+case "$(dirname "$agent")" in
+*/usr/libexec) [ "$KEEP_STAGED_PATH" = yes ] && inimage=$agent || inimage=/usr/bin/kata-agent ;;
+*) inimage=$agent ;;
+esac
+mkdir -p "$wd$(dirname "$inimage")"
+cp "$agent" "$wd$inimage"
+printf '#!/bin/sh\nmount -t proc proc /proc\n%s\n' "$inimage" > "$wd/init"
+chmod 755 "$wd/init"
+{ echo "profile=$profile compression=$comp kernel=$kver add=$*"; echo "agent=$agent"; } \
+    > "$wd/etc/mbuto.txt"
+(cd "$wd" && find . | cpio -o -H newc --quiet) > "$wd.cpio"
+case $comp in
+none) cat "$wd.cpio" ;; gzip) gzip -c "$wd.cpio" ;; lz4) lz4 -l -c -q "$wd.cpio" ;;
+*) echo "compression $comp: not in this stand-in" >&2; exit 1 ;;
+esac > "$out"
+rm -f "$wd.cpio"
 echo "Size: bin 1M lib 1M kmod 1M total 3M" >&2
-{ echo "profile=$profile compression=$comp kernel=$kver add=$*"; echo "agent=$agent";
-  cat "$agent"; } > "$out"
 echo "Kata Containers [hypervisor.qemu] configuration:"
 echo
 printf '\tkernel = "/boot/vmlinuz-%s"\n' "$kver"
@@ -416,10 +452,12 @@ def kata_upstreams(up: Upstreams) -> dict[str, Path]:
 
 
 def image_tools(root: Path) -> dict[str, str]:
-    """Stand-ins for the host tools 'check' wants for mbuto (cpio, kmod),
-    which the stand-in mbuto does not use; the environment that puts them
-    first on PATH."""
-    write(root / "cpio", "#!/bin/sh\necho 'cpio (GNU cpio) 2.13'\n", mode=0o755)
+    """Stand-ins for the host tools 'check' wants for mbuto (kmod, and cpio,
+    which hands everything but --version to the real cpio that the mbuto
+    stand-in uses); the environment that puts them first on PATH."""
+    real = shutil.which("cpio")
+    write(root / "cpio", "#!/bin/sh\n[ \"$1\" = --version ] && exec echo 'cpio (GNU cpio) 2.13'\n"
+          f"exec {real} \"$@\"\n", mode=0o755)
     for name in ("modprobe", "depmod"):
         write(root / name, "#!/bin/sh\necho 'kmod version 30'\n", mode=0o755)
     return {"PATH": f"{root}:{os.environ.get('PATH', os.defpath)}"}
@@ -430,6 +468,22 @@ def kernel_modules(root: Path, *versions: str) -> Path:
     for version in versions:
         (root / "lib/modules" / version).mkdir(parents=True, exist_ok=True)
     return root
+
+
+def _decompress(argv, data):
+    return subprocess.run(argv, input=data, capture_output=True, check=True).stdout
+
+
+def image_of(project):
+    """The image the kata fixture built, read as the kernel reads it."""
+    from tasks.host.initramfs import Image
+
+    return Image.from_bytes((project.workdir / "kata.img").read_bytes(), filter=_decompress)
+
+
+def text_in(project, path: str) -> str:
+    """A file of the image, as text: /etc/mbuto.txt says how it was built."""
+    return image_of(project).entry(path).data.decode()
 
 
 @pytest.fixture

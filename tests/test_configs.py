@@ -14,7 +14,7 @@ import tomllib
 
 import pytest
 import yaml
-from conftest import FIXTURES, ROOT, write
+from conftest import FIXTURES, ROOT, text_in, write
 
 from tasks.host import docedit
 from tasks.steps import configs
@@ -125,7 +125,7 @@ def test_agent_change_rebuilds_the_image_not_the_unchanged_config(kata):
     # did not change, so the config is up to date.
     assert sorted(res.ran) == sorted(["fetch:kata", "patch:kata", "build:kata/runtime",
                                       "build:kata/agent", "install:kata/agent", "image"])
-    assert "echo agent two" in (kata.workdir / "kata.img").read_text()
+    assert "echo agent two" in text_in(kata, "/usr/bin/kata-agent")
     assert kata.staged(KATA_CONF).read_bytes() == before
 
 
@@ -421,3 +421,79 @@ def test_without_root_every_write_goes_through_sudo(tmp_path, monkeypatch):
     assert f"-o {os.getuid()} -g {os.getgid()}" in calls  # the old file's owner kept
     assert os.listdir(fresh.parent) == ["50-x.conf"]
     assert not list((ws.state / "configs").glob("*.upload"))
+
+
+# --------------------------------------------------------------------------
+# One rule for run-time paths (host/runtime.py): check and config:kata agree
+
+
+def without_qemu(kata) -> None:
+    """The kata fixture without its qemu component (and configs that do not
+    need it): QEMU and virtiofsd must come from the host."""
+    text = kata.stack_file.read_text()
+    start, end = text.index("  qemu:\n"), text.index("  mbuto:\n")
+    kata.stack_file.write_text(text[:start] + text[end:])
+    cfgs = default_configs()
+    for cfg in cfgs.values():
+        cfg["needs"] = [n for n in cfg["needs"] if n != "qemu"]
+    add_sections(kata, cfgs)
+    with open(kata.stack_file, "a") as f:
+        f.write("pod: {}\n")
+
+
+def host_file(root, path, mode=0o755):
+    return write(root / path.lstrip("/"), "#!/bin/sh\n", mode=mode)
+
+
+def test_a_host_virtiofsd_counts_for_check_and_config_alike(kata, tmp_path):
+    without_qemu(kata)
+    root = tmp_path / "hostroot"
+    host_file(root, "/usr/lib/qemu/virtiofsd")
+    env = {**kata.tool_env, "KPS_CHECK_ROOT": str(root)}
+    res = kata.doit("-a", "check", env=env, expect=None)
+    line = next(li for li in res.text.splitlines() if li.split()[1:2] == ["virtiofsd"])
+    assert line.split()[0] == "ok" and "/usr/lib/qemu/virtiofsd" in line
+    kata.doit(env=env)
+    qemu = staged_toml(kata)["hypervisor"]["qemu"]
+    assert qemu["virtio_fs_daemon"] == "/usr/lib/qemu/virtiofsd"  # the path on the target
+
+
+def test_no_virtiofsd_anywhere_fails_config_kata_naming_both_places(kata, tmp_path):
+    without_qemu(kata)
+    root = tmp_path / "hostroot"
+    root.mkdir()
+    res = kata.doit(env={**kata.tool_env, "KPS_CHECK_ROOT": str(root)}, expect=None)
+    assert res.code != 0
+    assert "no executable virtiofsd found" in res.text
+    assert str(kata.staged("/usr/lib/qemu/virtiofsd")) in res.text
+    assert str(root / "usr/lib/qemu/virtiofsd") in res.text
+
+
+def test_a_qemu_nothing_installs_gets_a_warning(kata, tmp_path):
+    without_qemu(kata)
+    root = tmp_path / "hostroot"
+    host_file(root, "/usr/libexec/virtiofsd")
+    res = kata.doit(env={**kata.tool_env, "KPS_CHECK_ROOT": str(root)})
+    assert staged_toml(kata)["hypervisor"]["qemu"]["path"] == "/usr/local/bin/qemu-system-x86_64"
+    assert "warning: ${qemu.path} is /usr/local/bin/qemu-system-x86_64, which is not on the " \
+           "target system" in res.err
+    assert "nothing in the stack installs it" in res.err
+    # The kernel mbuto named is not on this host either: said too.
+    assert "warning: ${image.kernel} is /boot/vmlinuz-5.10.0-test" in res.err
+
+
+def test_the_distributions_qemu_is_used_when_the_stack_builds_none(kata, tmp_path):
+    without_qemu(kata)
+    root = tmp_path / "hostroot"
+    host_file(root, "/usr/libexec/virtiofsd")
+    host_file(root, "/usr/bin/qemu-system-x86_64")
+    host_file(root, "/boot/vmlinuz-5.10.0-test", mode=0o644)
+    res = kata.doit(env={**kata.tool_env, "KPS_CHECK_ROOT": str(root)})
+    assert staged_toml(kata)["hypervisor"]["qemu"]["path"] == "/usr/bin/qemu-system-x86_64"
+    assert "warning:" not in res.err
+
+
+def test_the_stacks_own_qemu_needs_no_warning(kata):
+    add_sections(kata)
+    res = doit(kata)
+    assert "${qemu.path}" not in res.err  # installed by the qemu component

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import closest
+from .runtime import DISTRO_VIRTIOFSD
 
-ROOT_ENV = "KPS_CHECK_ROOT"
 _VERSION = r"(\d+(?:\.\d+)+)"
 _SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
@@ -129,8 +129,7 @@ CATALOG: dict[str, Prereq] = {p.id: p for p in (
     _p("vhost-vsock", "/dev/vhost-vsock: the Kata agent's channel to the VM",
        files=(("/dev/vhost-vsock",),), hint=_MODPROBE.format(mod="vhost_vsock"), run=True),
     _p("virtiofsd", "shares the container's files with the Kata VM",
-       files=(("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd", "/usr/lib/virtiofsd",
-               "/usr/lib/virtiofsd/virtiofsd", "/usr/libexec/kata-qemu/virtiofsd"),),
+       files=(DISTRO_VIRTIOFSD,),
        executable=True, apt="virtiofsd", dnf="virtiofsd",
        apt_note="Debian 12: qemu-system-common", run=True),
 )}

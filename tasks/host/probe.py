@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import run
-from .prereqs import _SBIN, CATALOG, ROOT_ENV, Prereq
+from .prereqs import _SBIN, CATALOG, Prereq
+from .runtime import host_root
 
 # --------------------------------------------------------------------------
 # Finding things (cheap: no subprocess)
@@ -40,7 +41,7 @@ class Found:
 
 
 def root_prefix() -> str:
-    return os.environ.get(ROOT_ENV, "").rstrip("/")
+    return host_root()
 
 
 def _stat_sig(path: str) -> str:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from ..action import step, task_id
 from ..errors import StackError
-from ..host import prereqs, probe
+from ..host import prereqs, probe, runtime
 from ..host.prereqs import CATALOG, Prereq, Range
 from ..host.probe import Found
 from ..run import is_root, say
@@ -174,6 +174,12 @@ def snapshot(ws: Workspace, **kw) -> list[Item]:
     items = []
     for need in collect(ws, **kw):
         p = need.prereq
+        if p.id == "virtiofsd" and not need.range.absent:
+            # the run-time path rule that config:kata's ${detect.virtiofsd} follows
+            found = runtime.virtiofsd(ws.stack)
+            if found:
+                items.append(Item(need, None, str(found)))
+                continue
         if p.run and not need.range.absent:
             names = list(p.programs) + [os.path.basename(f) for g in p.files for f in g]
             hit = next((stack_has[n] for n in names if n in stack_has), None)

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shlex
 from pathlib import Path
 
 from ..action import installs_of, step, task_id
 from ..errors import ConfigError, StackError
+from ..host import runtime
 from ..host.confwrite import install_text
 from ..host.docedit import EditError, render
 from ..model import VAR_RE as _VAR_RE
@@ -36,10 +36,6 @@ from ..workspace import Workspace
 
 WRAPPER_TEMPLATE = "qemu-wrapper.sh"
 WRAPPER_PATH = "{prefix}/libexec/kata-passt-stack/qemu-system-x86_64"
-QEMU_PATH = "{prefix}/bin/qemu-system-x86_64"
-# After the virtiofsd built with QEMU: where distributions put theirs (docs/stack-notes.md#virtiofsd).
-DISTRO_VIRTIOFSD = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd", "/usr/lib/virtiofsd",
-                    "/usr/lib/virtiofsd/virtiofsd")
 _ONE_VAR_RE = re.compile(r"\$\{([^}]*)\}")
 
 
@@ -53,8 +49,10 @@ class Values:
     def __init__(self, ws: Workspace):
         self.ws = ws
         self._cache: dict[str, object] = {}
+        self.used: set[str] = set()
 
     def get(self, name: str):
+        self.used.add(name)
         if name not in self._cache:
             self._cache[name] = self._resolve(name)
         return self._cache[name]
@@ -118,9 +116,11 @@ def _text(value) -> str:
 
 
 def qemu_path(ws: Workspace) -> str:
+    """The stack's QEMU, else the distribution's (host/runtime.py's rule);
+    the logging wrapper around it with debug.qemu_log."""
     if ws.stack.debug.qemu_log:
         return WRAPPER_PATH.format(prefix=_prefix(ws))
-    return QEMU_PATH.format(prefix=_prefix(ws))
+    return runtime.qemu(ws.stack)[0]
 
 
 def _prefix(ws: Workspace) -> str:
@@ -128,15 +128,13 @@ def _prefix(ws: Workspace) -> str:
 
 
 def find_virtiofsd(ws: Workspace) -> str:
-    """The first executable virtiofsd: QEMU's own, then the distributions'.
-    Probed where the target system is (under destdir when staged); the value
-    is the path on the target system."""
-    candidates = [f"{_prefix(ws)}/libexec/virtiofsd", *DISTRO_VIRTIOFSD]
-    for path in candidates:
-        where = ws.stack.target(path)
-        if where.is_file() and os.access(where, os.X_OK):
-            return path
-    looked = ", ".join(str(ws.stack.target(p)) for p in candidates)
+    """The first virtiofsd present on the target system: QEMU's own, then
+    the distributions' (host/runtime.py's rule); its path there."""
+    found = runtime.virtiofsd(ws.stack)
+    if found:
+        return found.path
+    looked = runtime.looked_at(ws.stack, runtime.candidates(
+        ws.stack, runtime.VIRTIOFSD, runtime.DISTRO_VIRTIOFSD))
     raise StackError(f"no executable virtiofsd found (looked at {looked})",
                      hint="install the qemu component (its build makes virtiofsd) or your "
                           "distribution's virtiofsd package")
@@ -215,9 +213,33 @@ def _write_config(ws: Workspace, cfg: Config, force: bool) -> dict:
         raise ConfigError(f"config '{cfg.name}': {err.message}", err.hint) from None
     for note in notes:
         say(f"  {tid}: note: {note}")
+    for warning in missing_paths(ws, values):
+        say(f"  {tid}: warning: {warning}")
     install_text(ws, tid, cfg.name, path, text, force=force,
                  keep=f"put it into configs.{cfg.name} in {ws.stack.path.name} (set/unset)")
     return key
+
+
+# Variables whose values are run-time paths, and whether each is a program
+# (${image.initrd} is the image this tool just built: always there).
+RUNTIME_PATHS = {"qemu.path": True, "detect.virtiofsd": True, "image.kernel": False}
+
+
+def missing_paths(ws: Workspace, values: Values) -> list[str]:
+    """The run-time paths this config names that are not on the target
+    system (host/runtime.py's rule), in words."""
+    out = []
+    for name, program in RUNTIME_PATHS.items():
+        if name not in values.used:
+            continue
+        value = str(values.get(name))
+        if name == "qemu.path" and ws.stack.debug.qemu_log:
+            continue  # the wrapper, written by config:qemu-wrapper
+        if runtime.find(ws.stack, value, executable=program) is None:
+            out.append(f"${{{name}}} is {value}, which is not on the target system "
+                       f"(looked at {runtime.looked_at(ws.stack, [value])})"
+                       + (": nothing in the stack installs it" if name == "qemu.path" else ""))
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -230,7 +252,7 @@ def wrapper_text(ws: Workspace) -> str:
         template = (root / "configs" / WRAPPER_TEMPLATE).read_text()
     except OSError as err:
         raise StackError(f"cannot read the QEMU wrapper's template: {err}") from None
-    return (template.replace("@QEMU@", shlex.quote(QEMU_PATH.format(prefix=_prefix(ws))))
+    return (template.replace("@QEMU@", shlex.quote(runtime.qemu(ws.stack)[0]))
             .replace("@LOGS@", shlex.quote(str(ws.logs))))
 
 

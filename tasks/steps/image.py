@@ -1,18 +1,26 @@
-"""image: the guest image (an initramfs) that Kata boots, built by mbuto.
+"""image and image_boot: the guest image (an initramfs) that Kata boots,
+built by mbuto, checked before it is accepted, and booted on demand.
 
 mbuto runs from the builder component's checkout (``<checkout>/mbuto -p
 PROFILE -f OUTPUT -c COMPRESSION -k KERNEL -m MODULES_ROOT ADD...``).  It
 finds the programs it puts in the image with ``which`` on
 ``PATH:/usr/libexec:/sbin:/usr/sbin``; in a staged install the staged
 folders come first on PATH, so the image gets the kata-agent we built, not
-one from the live system.
+one from the live system.  The key holds the content of every program the
+last image took from PATH (the agent, the shell...), however it got there.
 
 mbuto exits 1 even when it succeeds, so success is judged by what it prints
 (``kernel = "..."`` and ``initrd = "..."``, the values the Kata
-configuration needs) and by the image file it writes.  It writes to a
-temporary name that replaces the old image only once complete: a failed
-build leaves the previous image in place.  The two values are recorded
-with the image's stamp, where the config tasks that use them read them.
+configuration needs) and by the image it writes, which is then read and
+checked (``host/imagecheck.py``): /init, the program it ends with, and the
+interpreter and libraries of every program must be inside the image, and
+nothing may sit at its staged path.  It writes to a temporary name that
+replaces the old image only once accepted: a failed or refused build
+leaves the previous image in place.  The two values are recorded with the
+image's stamp, where the config tasks that use them read them.
+
+``image_boot`` boots a copy of the image whose agent is a stand-in, with the
+stack's kernel under QEMU (``host/qemuboot.py``).
 """
 
 from __future__ import annotations
@@ -20,14 +28,20 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from pathlib import Path
 
+from .. import run
 from ..action import Done, installs_of, step, task_id
 from ..checkout import SourceCheck, content_of, installed_of, recording_outputs
 from ..errors import StackError
-from ..run import run, say, tail
+from ..host import imagefile, qemuboot, runtime
+from ..run import say, tail
 from ..workspace import Workspace
 
 TASK = task_id("image")
+BOOT = task_id("image_boot")
+AGENT = "/usr/bin/kata-agent"  # where the image holds the agent, as a live install gives it
+MBUTO_PATH = ":/usr/libexec:/sbin:/usr/sbin"  # what mbuto appends to PATH for `which`
 
 # Where a staged install puts programs, searched before the live system.
 STAGED_BIN_DIRS = ("/usr/libexec", "{prefix}/bin", "{prefix}/sbin", "{prefix}/libexec",
@@ -61,13 +75,31 @@ def image_key(ws: Workspace, fresh: bool = False) -> dict:
         },
         "destdir": ws.settings.destdir,
         "prefix": ws.settings.prefix,
+        "programs": programs_key(ws, ws.stamps.produced(TASK, "programs") or []),
     }
+
+
+def programs_key(ws: Workspace, names: list[str]) -> dict[str, str]:
+    """The content of the file mbuto's ``which`` finds for each name now."""
+    found_on = search_path(ws) + MBUTO_PATH
+    cache = ws.hashes(ws.stack.image.builder)
+    out = {}
+    for name in names:
+        path = run.which(name, path=found_on)
+        out[name] = f"{path}={cache.fingerprint(Path(path))}" if path else "-"
+    cache.save()
+    return out
+
+
+def agent_path(ws: Workspace) -> str | None:
+    """The agent the image must hold: Kata's profiles run one."""
+    return AGENT if ws.stack.image.profile.startswith("kata") else None
 
 
 class ImageCheck(SourceCheck):
     """Stale when the builder's checkout, the installed files of the
-    components it needs, the kernel or any option changes, or when the
-    image file is missing."""
+    components it needs, a program the image took from PATH, the kernel or
+    any option changes, or when the image file is missing."""
 
     def __init__(self, ws: Workspace):
         super().__init__(ws.stamps, TASK)
@@ -119,7 +151,7 @@ def _build(ws: Workspace) -> dict:
                ' success is judged by its output)"')
     log = ws.log(TASK)
     with recording_outputs(ws, img.builder, before=key["source"]["edits"]):
-        run(command, cwd=checkout, log=log, label="image: ",
+        run.run(command, cwd=checkout, log=log, label=f"{TASK}: ",
             env={"PATH": search_path(ws), "KPS_MBUTO_STDOUT": str(captured)})
     printed = captured.read_text(errors="replace") if captured.exists() else ""
     with open(log, "a", encoding="utf-8", errors="replace") as f:
@@ -138,12 +170,95 @@ def _build(ws: Workspace) -> dict:
             f"--- last lines of its log ---\n{tail(log)}",
             hint=f"check image.profile ({img.profile}) and that what the image needs "
                  f"(kata-agent) is installed; full log: {log}")
+    names = _accept(ws, partial, log)
+    key["programs"] = programs_key(ws, names)
     os.replace(partial, output)
     initrd = found["initrd"]
     if os.path.realpath(initrd) == os.path.realpath(partial):
         initrd = os.path.realpath(output)
-    say(f"  image: {output} built: kernel = \"{found['kernel']}\", initrd = \"{initrd}\"")
-    return Done(key, {"kernel": found["kernel"], "initrd": initrd, "content": content})
+    say(f"  {TASK}: {output} built: kernel = \"{found['kernel']}\", initrd = \"{initrd}\"")
+    return Done(key, {"kernel": found["kernel"], "initrd": initrd, "content": content,
+                      "programs": names})
+
+
+def _accept(ws: Workspace, partial: Path, log: Path) -> list[str]:
+    """Read and check the image mbuto wrote; the programs it holds.  An
+    image that cannot boot is refused (and removed: the old one stays)."""
+    try:
+        image = imagefile.load(partial)
+        found = imagefile.problems(image, agent_path(ws), ws.settings.destdir)
+    except StackError as err:
+        partial.unlink(missing_ok=True)
+        raise StackError(f"the image mbuto wrote cannot be read: {err.message}",
+                         err.hint) from None
+    if found:
+        partial.unlink(missing_ok=True)
+        shown = "\n".join(f"  image: {line}" for line in found)
+        with open(log, "a", encoding="utf-8") as f:
+            f.write("### the image was refused:\n" + shown + "\n")
+        raise StackError(
+            f"the image mbuto built cannot boot, so it was refused (the previous image, if "
+            f"any, is kept):\n{shown}",
+            hint="a program or library mbuto should have copied is missing: check the mbuto "
+                 f"patches in stack.yaml and its log ({log})")
+    say(f"  {TASK}: checked: {len(image.entries)} files; /init, the agent and every "
+        "program's interpreter and libraries are in the image")
+    return imagefile.programs(image)
+
+
+# --------------------------------------------------------------------------
+# image_boot
+
+
+def _boot(ws: Workspace, accel: str, timeout: str | None) -> None:
+    if accel not in qemuboot.ACCELS:
+        raise StackError(f"accel={accel}: use one of {', '.join(qemuboot.ACCELS)}")
+    limit_all = int(timeout) if str(timeout or "").isdigit() else qemuboot.BOOT_TIMEOUT
+    if timeout and (not str(timeout).isdigit() or limit_all == 0):
+        raise StackError(f"timeout={timeout}: give the time limit in whole seconds")
+    img = ws.stack.image
+    named = ws.stamps.produced(TASK, "kernel")
+    if not named or not img.output.is_file():
+        raise StackError("the image is not built yet", hint="run doit image")
+    kernel = str(runtime.host_path(named))
+    if not os.path.isfile(kernel):
+        raise StackError(f"the kernel mbuto named, {named}, does not exist",
+                         hint="install the kernel package of image.kernel (its /boot/vmlinuz-*)")
+    image = imagefile.load(img.output)
+    agent = image.resolve(agent_path(ws) or AGENT)
+    if agent is None:
+        raise StackError(f"the image has no {AGENT} to stand in for")
+    template = (ws.stack.project or Path(__file__).resolve().parents[2]) / "configs" / \
+        "boot-test-agent.sh"
+    stand_in = template.read_text().replace("@MARKER@", qemuboot.MARKER).encode()
+    copy = ws.state / "image_boot" / "initrd.cpio"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_bytes(imagefile.boot_copy(image, agent, stand_in))
+    log = ws.log(BOOT)
+    tries = qemuboot.accels(accel, str(runtime.host_path("/dev/kvm")))
+    verdict = None
+    for n, how in enumerate(tries):
+        limit = min(qemuboot.KVM_TIMEOUT, limit_all) if how == "kvm" and len(tries) > 1 \
+            else limit_all
+        say(f"  {BOOT}: booting {kernel} with {copy} under {how.upper()} "
+            f"(at most {limit} s; console in {log})")
+        start = log.stat().st_size if log.exists() else 0
+        try:
+            run.run(qemuboot.command(kernel, copy, how, limit), cwd=ws.workdir, log=log,
+                    label=f"{BOOT}: ")
+        except StackError:
+            pass  # QEMU's status says little (timeout, or killed): the console decides
+        console = log.read_bytes()[start:].decode("utf-8", "replace")
+        verdict = qemuboot.judge(console)
+        if verdict.passed or "panicked" in verdict.why or n == len(tries) - 1:
+            break
+        say(f"  {BOOT}: no result under KVM ({verdict.why}): trying TCG")
+    if not verdict.passed:
+        raise StackError(f"the image did not boot: {verdict.why}\n--- last lines of the "
+                         f"console ---\n{verdict.last_lines}\n--- full console: {log}",
+                         hint="the console shows how far the kernel got; doit image checks "
+                              "what the image holds")
+    say(f"  {BOOT}: passed: {verdict.why}\n{verdict.last_lines}")
 
 
 def tasks(ws: Workspace):
@@ -152,10 +267,26 @@ def tasks(ws: Workspace):
     if img is None:
         return
     needs = [t for name in img.needs for t in installs_of(ws, name)]
+    built = {k: ws.stamps.produced(TASK, k) for k in ("kernel", "initrd")}
     yield {
         "basename": TASK,
         "doc": f"build the guest image {img.output} with {img.builder} -p {img.profile}",
         "actions": [step(ws, TASK, lambda: _build(ws))],
         "task_dep": [task_id("check"), task_id("patch", img.builder)] + needs,
         "uptodate": [ImageCheck(ws)],
+        "meta": {k: v for k, v in built.items() if v},  # shown by doit info image
+    }
+
+
+def boot_tasks(ws: Workspace, accel=None, timeout=None):
+    """``image_boot``: boot the image under QEMU with a stand-in agent."""
+    choice = str(accel or "auto")
+    if ws.stack.image is None:
+        return
+    yield {
+        "basename": BOOT,
+        "doc": "boot the guest image under QEMU with a stand-in agent (accel=auto|kvm|tcg, "
+               "timeout=SECONDS); the console goes to " + str(ws.log(BOOT)),
+        "actions": [step(ws, BOOT, lambda: _boot(ws, choice, timeout))],
+        "task_dep": [TASK],
     }
