@@ -28,9 +28,10 @@ import tomllib
 from collections.abc import Mapping, Sequence
 
 import tomlkit
+import tomlkit.container  # internals: used only in the "tomlkit internals" section
+import tomlkit.items
 import yaml
-from tomlkit.container import Container
-from tomlkit.items import AoT, Comment, InlineTable, Null, Table, Trivia, Whitespace
+from tomlkit.items import AoT, InlineTable, Table
 
 UNSET_MARK = "# unset by kata-passt-stack"
 
@@ -237,37 +238,28 @@ class _Toml:
     def add(self, mapping, key: str, value, where: str) -> None:
         inline = isinstance(mapping, InlineTable)
         item = _toml_item(value, where, inline=inline)
-        container = _container(mapping)
-        if isinstance(item, (Table, AoT)) and container is not None:
-            _add_table(self.doc, mapping, container, key, item)
+        lines = _TomlkitLines.of(mapping)
+        if isinstance(item, (Table, AoT)) and lines is not None:
+            _add_table(self.doc, mapping, lines, key, item)
             return
-        if container is None or inline:
+        if lines is None or inline:
             mapping[key] = item
             return
-        idx = _insert_index(container, key)
-        if idx is None or idx >= len(container.body):
+        idx = _insert_index(lines, key)
+        if idx is None or idx >= len(lines):
             mapping[key] = item
             return
-        container._insert_at(idx, key, item)
-        if isinstance(mapping, Table):  # keep the table's own dict view in step
-            dict.__setitem__(mapping, key, container[key])
+        lines.insert(mapping, idx, key, item)
 
     def unset(self, mapping, key: str) -> None:
-        container = _container(mapping)
-        idx = _index_of(container, key) if container is not None else None
+        lines = _TomlkitLines.of(mapping)
+        idx = lines.index_of(key) if lines is not None else None
         current = mapping[key]
         if idx is None or isinstance(current, (Table, AoT, InlineTable)) \
                 or isinstance(mapping, InlineTable):
             del mapping[key]
             return
-        body_key, item = container.body[idx]
-        line = (f"#{body_key.as_string()}{body_key.sep}{item.as_string()}"
-                f"{item.trivia.comment_ws}{item.trivia.comment}")
-        trail = item.trivia.trail if "\n" in item.trivia.trail else "\n"
-        comment = Comment(Trivia(indent=item.trivia.indent, comment_ws="",
-                                 comment=f"{line}  {UNSET_MARK}", trail=trail))
-        del mapping[key]
-        container.body[idx] = (None, comment)
+        lines.comment_out(mapping, idx, key, UNSET_MARK)
 
 
 def _toml_item(value, where: str, inline: bool = False):
@@ -294,67 +286,147 @@ def _toml_item(value, where: str, inline: bool = False):
         raise EditError(f"cannot be written as TOML: {err}", where) from None
 
 
-def _container(mapping) -> Container | None:
-    if isinstance(mapping, Container):
-        return mapping
-    if isinstance(mapping, (Table, InlineTable)):
-        return mapping.value
-    return None  # a proxy over a table split across the file: let tomlkit place it
-
-
-def _index_of(container: Container, key: str) -> int | None:
-    found = [i for i, (k, _) in enumerate(container.body) if k is not None and k.key == key]
-    return found[0] if len(found) == 1 else None
-
-
-def _is_value(entry) -> bool:
-    key, item = entry
-    return key is not None and not isinstance(item, (Table, AoT, Null))
-
-
-def _insert_index(container: Container, key: str) -> int | None:
+def _insert_index(lines: _TomlkitLines, key: str) -> int | None:
     """Where a new ``key`` reads best: right after its commented-out example,
     else after the table's first run of keys; None: let tomlkit append."""
-    body = container.body
     example = re.compile(r"^#\s*" + re.escape(key) + r"\s*=")
-    for i, (k, item) in enumerate(body):
-        if k is None and isinstance(item, Comment) and example.match(item.trivia.comment):
-            if not item.trivia.comment.endswith(UNSET_MARK):
-                return i + 1
-    first = next((i for i, entry in enumerate(body) if _is_value(entry)), None)
+    for i in range(len(lines)):
+        text = lines.comment(i)
+        if text is not None and example.match(text) and not text.endswith(UNSET_MARK):
+            return i + 1
+    first = next((i for i in range(len(lines)) if lines.is_value(i)), None)
     if first is None:
         return None
     end = first
-    while end < len(body) and _is_value(body[end]):
+    while end < len(lines) and lines.is_value(end):
         end += 1
     return end
 
 
-def _add_table(doc, mapping, container: Container, key: str, item) -> None:
+def _add_table(doc, mapping, lines: _TomlkitLines, key: str, item) -> None:
     """Add a new table after its last sibling table's own keys: the comment
     block at the end of that sibling introduces whatever header came next
     in the file, so it moves below the new table, still before that header."""
-    body = container.body
-    last = next((entry for entry in reversed(body) if not isinstance(entry[1], Null)), None)
+    last = lines.last_item()
     moved = []
-    if last is not None and isinstance(last[1], Table) and not last[1].is_super_table():
-        sibling = last[1].value.body
+    if isinstance(last, Table) and not last.is_super_table():
+        sibling = _TomlkitLines.of(last)
         cut = len(sibling)
-        while cut > 0 and sibling[cut - 1][0] is None and \
-                isinstance(sibling[cut - 1][1], (Comment, Whitespace, Null)):
+        while cut > 0 and sibling.is_filler(cut - 1):
             cut -= 1
-        tail = sibling[cut:]
-        if any(isinstance(it, Comment) for _, it in tail) and not _at_end_of_file(doc, tail):
-            moved = tail
-            del sibling[cut:]
+        if any(sibling.comment(i) is not None for i in range(cut, len(sibling))) \
+                and not _at_end_of_file(doc, sibling.text_from(cut)):
+            moved = sibling.take_from(cut)
     mapping[key] = item
     if moved and isinstance(item, Table):
-        item.value.body.extend(moved)
+        _TomlkitLines.of(item).extend(moved)
 
 
-def _at_end_of_file(doc, tail) -> bool:
+def _at_end_of_file(doc, block: str) -> bool:
     """The block ends the file: it belongs to the table above it."""
-    return doc.as_string().rstrip().endswith("".join(it.as_string() for _, it in tail).rstrip())
+    return doc.as_string().rstrip().endswith(block.rstrip())
+
+
+# --------------------------------------------------------------------------
+# tomlkit internals: the only code here that uses them.
+#
+# tomlkit's public API reads and sets values, but has no way to put a new key
+# at a chosen line of a table (right after its commented-out example), to turn
+# a key's line into a comment in place, or to move a block of comment lines
+# from one table to the next.  Those three edits work on what tomlkit keeps
+# inside: ``Container.body`` (the table's lines, ``(Key | None, Item)`` pairs
+# in file order, with ``Null`` placeholders where keys were removed),
+# ``Container._insert_at``, the dict copy a ``Table`` keeps of its container
+# (``_insert_at`` does not update it: ``dict.__setitem__`` does), and
+# ``Comment``/``Trivia`` items built by hand.  The rest of this module uses
+# tomlkit's public API only (parse, dumps, item, table, inline_table, the
+# Table/AoT/InlineTable types, is_super_table, as_string).
+#
+# Tested with tomlkit 0.12.0 to 0.15.2 (tests/test_docedit.py and the docedit
+# tests in tests/test_configs.py pin the resulting text); check this class
+# first when a newer tomlkit breaks them.
+
+_Container = tomlkit.container.Container
+_Comment, _Null = tomlkit.items.Comment, tomlkit.items.Null
+_Trivia, _Whitespace = tomlkit.items.Trivia, tomlkit.items.Whitespace
+
+
+class _TomlkitLines:
+    """The lines of one table (or of the document's top level)."""
+
+    def __init__(self, container: _Container):
+        self._container = container
+
+    @property
+    def _body(self) -> list:
+        return self._container.body  # tomlkit's own list, edited in place
+
+    @classmethod
+    def of(cls, mapping) -> _TomlkitLines | None:
+        """None for a proxy over a table split across the file (let tomlkit
+        place keys there)."""
+        if isinstance(mapping, _Container):
+            return cls(mapping)
+        if isinstance(mapping, (Table, InlineTable)):
+            return cls(mapping.value)
+        return None
+
+    def __len__(self) -> int:
+        return len(self._body)
+
+    def index_of(self, key: str) -> int | None:
+        """The line of ``key``; None when it has none or several."""
+        found = [i for i, (k, _) in enumerate(self._body) if k is not None and k.key == key]
+        return found[0] if len(found) == 1 else None
+
+    def is_value(self, i: int) -> bool:
+        """A ``key = value`` line (not a table, nor a removed key)."""
+        key, item = self._body[i]
+        return key is not None and not isinstance(item, (Table, AoT, _Null))
+
+    def is_filler(self, i: int) -> bool:
+        """A comment, a blank line or a removed key's placeholder."""
+        key, item = self._body[i]
+        return key is None and isinstance(item, (_Comment, _Whitespace, _Null))
+
+    def comment(self, i: int) -> str | None:
+        """The text of a comment line (``# ...``), else None."""
+        key, item = self._body[i]
+        return item.trivia.comment if key is None and isinstance(item, _Comment) else None
+
+    def last_item(self):
+        """The last line's item, removed keys skipped."""
+        return next((item for _, item in reversed(self._body) if not isinstance(item, _Null)),
+                    None)
+
+    def text_from(self, i: int) -> str:
+        return "".join(item.as_string() for _, item in self._body[i:])
+
+    def take_from(self, i: int) -> list:
+        """Remove the lines from ``i`` on and return them (for ``extend``)."""
+        taken = self._body[i:]
+        del self._body[i:]
+        return taken
+
+    def extend(self, taken: list) -> None:
+        self._body.extend(taken)
+
+    def insert(self, owner, i: int, key: str, item) -> None:
+        """``key = item`` as line ``i`` of ``owner`` (this table or document)."""
+        self._container._insert_at(i, key, item)
+        if isinstance(owner, Table):  # keep the table's own dict view in step
+            dict.__setitem__(owner, key, self._container[key])
+
+    def comment_out(self, owner, i: int, key: str, mark: str) -> None:
+        """Replace ``key``'s line ``i`` with ``#<the line as it was>  <mark>``."""
+        body_key, item = self._body[i]
+        line = (f"#{body_key.as_string()}{body_key.sep}{item.as_string()}"
+                f"{item.trivia.comment_ws}{item.trivia.comment}")
+        trail = item.trivia.trail if "\n" in item.trivia.trail else "\n"
+        comment = _Comment(_Trivia(indent=item.trivia.indent, comment_ws="",
+                                   comment=f"{line}  {mark}", trail=trail))
+        del owner[key]
+        self._body[i] = (None, comment)
 
 
 # --------------------------------------------------------------------------
