@@ -20,11 +20,11 @@ from .state import Check
 from .workspace import Workspace
 
 
-def installed_of(ws: Workspace, name: str) -> dict[str, str]:
-    """What each part of component ``name`` last installed (a digest), as
-    its install task recorded it."""
+def installed_of(ws: Workspace, need: str) -> dict[str, str]:
+    """What each part a ``needs`` entry names (``NAME`` or ``NAME/PART``)
+    last installed (a digest), as its install task recorded it."""
     out = {}
-    for part in ws.component(name).parts:
+    for part in ws.parts_of(need):
         installed = ws.stamps.produced(task_id("install", part.id), "installed")
         if installed is None:
             raise StackError(f"{part.id} is not installed yet")

@@ -206,8 +206,8 @@ def refuse_if_edited(path: Path, component: str, why: str, ignore: set[str] = fr
         raise DirtyCheckout(
             f"{component}: {why}, but its checkout has local edits:\n{shown}{more}",
             hint=f"commit them (git -C {path} commit -a), stash them "
-                 f"(git -C {path} stash -u), or discard them on purpose with "
-                 f"'doit reset:{component}'",
+                 f"(git -C {path} stash -u), or let 'doit reset:{component}' stash them for "
+                 f"you ('git -C {path} stash pop' brings them back)",
         )
 
 
@@ -231,10 +231,12 @@ def update_submodules(path: Path, log: Path, label: str, which) -> None:
 
 
 def apply_series(path: Path, base: str, patches: list[tuple[str, bytes]],
-                 scratch: Path | None = None) -> str:
+                 scratch: Path | None = None, upstream: str = "") -> str:
     """Commit each patch on top of ``base`` without touching the work tree;
-    return the last commit.  ``patches`` holds (name shown to the user, bytes).
-    """
+    return the last commit.  ``patches`` holds (name shown to the user, bytes);
+    ``upstream`` names the base for messages (the ref, ``v1.23.5``).  A patch
+    that applies in reverse is reported as already upstream, an empty one
+    as empty."""
     if not patches:
         return base
     with tempfile.TemporaryDirectory(prefix="kps-apply-", dir=scratch) as tmp:
@@ -246,11 +248,17 @@ def apply_series(path: Path, base: str, patches: list[tuple[str, bytes]],
         for name, data in patches:
             patch_file = Path(tmp) / "p.patch"
             patch_file.write_bytes(data)
-            result = runner.query(
-                _argv(path, "apply", "--cached", "--whitespace=nowarn", "-p1", str(patch_file)),
-                env={**_ENV, **env}, check=False)
+            apply = _argv(path, "apply", "--cached", "--whitespace=nowarn", "-p1")
+            result = runner.query(apply + [str(patch_file)], env={**_ENV, **env}, check=False)
             if not result.ok:
                 why = result.err.strip() or "git apply failed"
+                if "No valid patches in input" in why or not data.strip():
+                    raise PatchFailed(f"patch {name} is empty: it holds no diff")
+                reverse = runner.query(apply + ["--reverse", "--check", str(patch_file)],
+                                       env={**_ENV, **env}, check=False)
+                if reverse.ok:
+                    raise PatchFailed(f"patch {name} is already in upstream at "
+                                      f"{upstream or base[:12]}: drop it from stack.yaml")
                 raise PatchFailed(f"patch {name} does not apply:\n{why}")
             if not query(path, "diff", "--cached", "--name-only", parent, env=env):
                 raise PatchFailed(f"patch {name} changes nothing (is it empty, or already "
@@ -271,7 +279,8 @@ def _author_like_committer(env) -> dict[str, str]:
 def _describe_patch(path: Path, name: str, data: bytes, tmp: str):
     """Subject and author of a format-patch mail; a plain diff gets its file name."""
     result = runner.query(
-        _argv(path, "mailinfo", "-k", str(Path(tmp) / "msg"), str(Path(tmp) / "patch")),
+        # without -k, mailinfo strips "[PATCH n/m]" from the subject, as git am does
+        _argv(path, "mailinfo", str(Path(tmp) / "msg"), str(Path(tmp) / "patch")),
         env=_ENV, input=data, check=False)
     info = {}
     if result.ok:
@@ -355,9 +364,11 @@ def status(path: Path) -> tuple[str | None, list[StatusEntry]]:
             parts = rec.split(" ", {"1": 8, "2": 9, "u": 10}[kind])
             sub = parts[2]
             name = parts[-1]
-            if kind == "2":
-                i += 1  # original path follows
             entries.append(StatusEntry(name, "submodule" if sub.startswith("S") else "changed"))
+            if kind == "2" and i < len(fields):
+                # the original path of a rename: gone from the work tree, an edit too
+                entries.append(StatusEntry(fields[i], "changed"))
+                i += 1
     return head_oid, entries
 
 
@@ -392,3 +403,77 @@ def clear_stale_locks(path: Path, before: float) -> None:
                 lock.unlink()
         except OSError:
             pass
+
+
+# --------------------------------------------------------------------------
+# Trying a patch series on another version (try:NAME), away from the checkout
+
+
+def scratch_clone(source: Path, dest: Path) -> None:
+    """A throw-away clone of the checkout ``source`` in ``dest``, with no
+    work tree, borrowing its objects (``--shared``).  Only read from: git
+    "freshens" (touches) a borrowed object whenever it writes one it has."""
+    runner.query(_argv(None, "clone", "-q", "--no-checkout", "--shared", str(source),
+                       str(dest)), env=_ENV)
+
+
+def commit_named(repo: Path, ref: str) -> str | None:
+    """The commit ``ref`` (a tag, branch, remote branch or commit) names in
+    ``repo`` already, or None; reads only."""
+    for name in (f"refs/tags/{ref}", f"refs/remotes/origin/{ref}", ref):
+        commit = rev_parse(repo, f"{name}^{{commit}}")
+        if commit:
+            return commit
+    return None
+
+
+def fetch_scratch(dest: Path, url: str, ref: str) -> str:
+    """A new repository in ``dest`` holding only ``ref`` fetched from
+    ``url`` (shallow); the commit."""
+    dest.mkdir(parents=True, exist_ok=True)
+    query(dest, "init", "-q")
+    query(dest, "fetch", "-q", "--depth", "1", url, ref)
+    return query(dest, "rev-parse", "FETCH_HEAD^{commit}")
+
+
+def scratch_tree(repo: Path, commit: str, dest: Path) -> None:
+    """Write ``commit``'s files into ``dest`` (outside any repository),
+    reading ``repo`` only: no object is written, none is even touched."""
+    dest.mkdir(parents=True, exist_ok=True)
+    env = {"GIT_INDEX_FILE": str(dest.parent / "scratch.index")}
+    query(repo, f"--work-tree={dest}", "checkout", "-q", "-f", commit, "--", ".", env=env)
+
+
+def try_patch(tree: Path, data: bytes, tmp: Path) -> tuple[str, str]:
+    """Apply one patch to the files in ``tree`` (kept applied when it
+    applies; plain ``git apply``, no repository); (verdict, detail):
+    ``clean``, ``offset`` (applied, hunks moved), ``fuzz`` (applied with
+    less context), ``upstream`` (applies in reverse: already there) or
+    ``conflict`` (detail: files and hunks)."""
+    env = {**_ENV, "GIT_CEILING_DIRECTORIES": str(tree.parent), "GIT_DIR": str(tmp / "none")}
+    patch_file = tmp / "try.patch"
+    patch_file.write_bytes(data)
+    apply = ["git", "-C", str(tree), "apply", "--whitespace=nowarn", "-p1", "-v"]
+
+    def attempt(*extra):
+        return runner.query(apply + list(extra) + [str(patch_file)], env=env, check=False)
+
+    first = attempt("--check")
+    if first.ok:
+        attempt()
+        moved = re.findall(r"Hunk #(\d+) succeeded at (\d+) \(offset (-?\d+) lines?\)", first.err)
+        if moved:
+            return "offset", ", ".join(f"hunk {h} at line {at} (offset {off})"
+                                       for h, at, off in moved)
+        return "clean", ""
+    if attempt("--reverse", "--check").ok:
+        return "upstream", ""
+    for context in ("-C2", "-C1"):
+        if attempt(context, "--check").ok:
+            attempt(context)
+            return "fuzz", f"with {context[2:]} line(s) of context"
+    failed = re.findall(r"patch failed: (.+):(\d+)", first.err)
+    if failed:
+        return "conflict", ", ".join(f"{path} (hunk at line {line})" for path, line in failed)
+    lines = first.err.strip().splitlines()
+    return "conflict", lines[-1] if lines else ""

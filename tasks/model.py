@@ -89,12 +89,21 @@ class Component:
 
 
 @dataclass(frozen=True)
+class Cache:
+    """``settings.cache``: where the shared build cache is (``oci://host/prefix``)."""
+    url: str
+    push: bool = False
+    plain_http: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     workdir: Path
     destdir: str
     prefix: str
     sudo: str
     jobs: int
+    cache: Cache | None = None  # None: no build cache, no network access
 
 
 @dataclass(frozen=True)
@@ -157,7 +166,9 @@ class Stack:
 
     @property
     def lock_path(self) -> Path:
-        return self.path.with_suffix(".lock")
+        """``stack.lock`` beside ``stack.yaml``; never the stack file itself."""
+        path = self.path.with_suffix(".lock")
+        return path if path != self.path else self.path.with_name(self.path.name + ".lock")
 
     def target(self, path: str) -> Path:
         """Where a target-system path lands (under destdir when staged)."""

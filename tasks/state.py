@@ -26,6 +26,8 @@ from pathlib import Path
 from .errors import StackError
 
 _HASH_CHUNK = 1 << 20
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: os.umask() can only be read by setting it
 _read_only = False
 
 
@@ -49,14 +51,21 @@ def atomic_write(path: Path, data: bytes | str, mode: int | None = None,
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(data, str):
         data = data.encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".kps-tmp", dir=path.parent)
+    if mode is None:  # an existing file keeps its mode, a new one honours the umask
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            mode = 0o666 & ~_UMASK
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".kps-tmp", dir=path.parent)
+    except OSError as err:  # name the file the user knows, not our temporary one
+        raise OSError(err.errno, err.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, mode)
         if owner is not None and (os.geteuid() == 0 or owner[0] == os.geteuid()):
             os.chown(tmp, *owner)
         os.replace(tmp, path)
@@ -148,6 +157,15 @@ class Stamps:
     def clear(self, task_id: str) -> None:
         self._file(task_id).clear()
 
+    def ids(self) -> list[str]:
+        """The tasks that have a stamp."""
+        out = []
+        for f in sorted(self.root.glob("*.json")) if self.root.is_dir() else []:
+            stamp = JsonFile(f).read()
+            if isinstance(stamp.get("task"), str):
+                out.append(stamp["task"])
+        return out
+
 
 def explain(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Plain-words differences between two keys."""
@@ -172,17 +190,49 @@ def _short(v) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# Every check made, by task id (in the order the tasks were made), and the
+# predictor that read-only runs (doit list --status, info, status) consult
+# first: there a task whose dependency will run is stale too (tasks/plan.py).
+CHECKS: dict[str, Check] = {}
+_predictor = None
+_own = threading.local()
+
+
+def predict_with(predictor) -> None:
+    """``predictor(check)`` -> bool answers for every check from now on
+    (``own_verdict`` gives it the check's own answer)."""
+    global _predictor
+    _predictor = predictor
+
+
+def own_verdict(check: Check, task=None) -> bool:
+    """The check's answer from its own key and stamp alone."""
+    _own.inside = True
+    try:
+        return check(task)
+    finally:
+        _own.inside = False
+
+
 class Check:
     """doit ``uptodate`` check: up to date when ``key()`` equals the stamp's.
 
     Subclasses define ``key()`` (may raise ``StackError`` to say "stale,
     because...") and may define ``missing()`` for outputs that must exist.
+    ``compared`` keeps the last (stamp key, key now) compared, ``task`` the
+    doit task (its ``task_dep``), for ``tasks/plan.py``.
     """
 
     def __init__(self, stamps: Stamps, task_id: str):
         self.stamps = stamps
         self.task_id = task_id
         self.reason = "not checked yet"
+        self.compared: tuple[dict, dict] | None = None
+        self.task = None
+        CHECKS[task_id] = self
+
+    def configure_task(self, task) -> None:  # doit calls it when the task is made
+        self.task = task
 
     def key(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -199,6 +249,9 @@ class Check:
         return False
 
     def __call__(self, task=None, values=None) -> bool:
+        if _predictor is not None and not getattr(_own, "inside", False):
+            return _predictor(self)
+        self.compared = None
         stamp = self.stamps.read(self.task_id)
         if stamp is None:
             self.reason = "never ran, or its last run did not finish"
@@ -208,7 +261,8 @@ class Check:
         except StackError as err:
             self.reason = err.message
             return False
-        changes = explain(*self.compare(stamp.get("key", {}), now))
+        self.compared = self.compare(stamp.get("key", {}), now)
+        changes = explain(*self.compared)
         if changes and self.equivalent(stamp, now):
             changes = []
         if changes:

@@ -25,16 +25,17 @@ from .tree import Prefetch, Trees, source_state
 
 
 class Workspace:
-    def __init__(self, stack: Stack, read_only: bool = False):
+    def __init__(self, stack: Stack, read_only: bool = False, requested=()):
         self.stack = stack
         self.read_only = read_only  # doit list / info / help: nothing is written
+        self.requested = tuple(requested)  # the tasks named on the command line
         self.settings = stack.settings
         self.workdir = stack.settings.workdir
         self.src = self.workdir / "src"
         self.logs = self.workdir / "logs"
         self.state = self.workdir / "state"
         self.stamps = Stamps(self.state / "stamps")
-        self.lockfile = LockFile(stack.lock_path)
+        self.lockfile = LockFile(stack.lock_path, stack.path.name)
         self.trees = Trees(self.state / "trees.json")
         self.prefetch = Prefetch({n: self.checkout(n) for n in stack.components}, self.hashes)
         self.started = time.time()
@@ -62,6 +63,12 @@ class Workspace:
         """The state file ``<workdir>/state/NAME/.../LAST.json``."""
         return JsonFile(self.state.joinpath(*name[:-1], name[-1] + ".json"), kind=kind)
 
+    def stage(self, part_id: str) -> Path:
+        """The staging folder of ``install:PART``, its commands' DESTDIR:
+        one stable path per part, so it never changes a key.  What is merged
+        from it is recorded under ``state/installs`` (see manifest.py)."""
+        return self.workdir / "stage" / part_id.replace("/", "@")
+
     def marker(self, name: str) -> JsonFile:
         """Exists while the patch step moves a checkout (see steps/patch.py)."""
         return self.json("moving", name)
@@ -81,6 +88,12 @@ class Workspace:
 
     def component(self, name: str) -> Component:
         return self.stack.components[name]
+
+    def parts_of(self, need: str) -> tuple[Part, ...]:
+        """The parts a ``needs`` entry names: ``NAME`` (all) or ``NAME/PART``."""
+        name, _, part = need.partition("/")
+        parts = self.component(name).parts
+        return parts if not part else tuple(p for p in parts if p.name == part)
 
     # -- build outputs in checkouts -------------------------------------------
 
@@ -123,6 +136,12 @@ class Workspace:
             self.workdir.mkdir(parents=True, exist_ok=True)
             if not os.access(self.workdir, os.W_OK):
                 raise PermissionError(13, "not writable")
+        except (FileExistsError, NotADirectoryError):
+            bad = next((p for p in [self.workdir, *self.workdir.parents]
+                        if p.exists() and not p.is_dir()), self.workdir)
+            raise StackError(f"cannot use the workdir {self.workdir}: {bad} is a file, not a "
+                             "folder", hint="move the file away, or set settings.workdir in "
+                                            "the stack file to another folder") from None
         except OSError as err:
             raise StackError(f"cannot use the workdir {self.workdir}: {err.strerror}",
                              hint="set settings.workdir in the stack file to a folder "

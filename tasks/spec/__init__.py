@@ -59,8 +59,12 @@ def validate(path, project: Path | None = None) -> tuple[Stack, list[tuple[str, 
     if not isinstance(located.data, dict):
         problems.add((), "the file must be a mapping with 'version' and 'components'")
         raise problems.error(path)
+    # Top-level x-* keys are for YAML anchors (x-go-env: &goenv), as in
+    # docker-compose: accepted, and ignored.
+    data = {k: v for k, v in located.data.items()
+            if not (isinstance(k, str) and k.startswith("x-"))}
     try:
-        model = StackFile.model_validate(located.data)
+        model = StackFile.model_validate(data)
         settings, components = model.settings, model.components
         names = set(components)
         sections = model
@@ -69,10 +73,10 @@ def validate(path, project: Path | None = None) -> tuple[Stack, list[tuple[str, 
             problems.add_pydantic(e)
         # Keep going with the parts that are valid, so that one run reports
         # the cross-field problems too.
-        settings, components, names = _valid_parts(located.data)
-        sections = _valid_sections(located.data)
+        settings, components, names = _valid_parts(data)
+        sections = _valid_sections(data)
     stack = resolve(path, settings, components, names, located, problems)
-    stack = resolve_sections(stack, sections, names, project, problems)
+    stack = resolve_sections(stack, sections, names, project, problems, components)
     if problems:
         raise problems.error(path)
     return stack, problems.checked

@@ -9,10 +9,11 @@ import os
 from pathlib import Path
 
 from ..errors import did_you_mean
-from ..host import prereqs
+from ..host import oci, prereqs
 from ..model import (
     VARIABLES,
     WRAPPER,
+    Cache,
     Component,
     Config,
     Debug,
@@ -38,6 +39,20 @@ from .schema import (
 from .urls import check_git_url, inside, is_local_path, norm_target
 
 
+def _cache(s: SettingsFile, problems: Problems) -> Cache | None:
+    """``settings.cache``: its url must be ``oci://host[:port]/repo/prefix``,
+    without credentials (they live in the container auth file)."""
+    if s.cache is None:
+        return None
+    try:
+        oci.parse_url(s.cache.url)
+    except oci.CacheError as err:
+        hint = f" ({err.hint})" if err.hint else ""
+        problems.add(("settings", "cache", "url"), err.message + hint)
+        return None
+    return Cache(url=s.cache.url.rstrip("/"), push=s.cache.push, plain_http=s.cache.plain_http)
+
+
 def resolve(path: Path, s: SettingsFile, model_components: dict[str, ComponentFile],
              names: set[str], located, problems: Problems) -> Stack:
     base = path.parent
@@ -54,6 +69,7 @@ def resolve(path: Path, s: SettingsFile, model_components: dict[str, ComponentFi
         prefix=prefix.rstrip("/") or "/",
         sudo=s.sudo,
         jobs=s.jobs or (os.cpu_count() or 1),
+        cache=_cache(s, problems),
     )
 
     components: dict[str, Component] = {}
@@ -72,11 +88,12 @@ def resolve(path: Path, s: SettingsFile, model_components: dict[str, ComponentFi
         if c.ref.startswith("-") or any(ch.isspace() for ch in c.ref) or ".." in c.ref:
             problems.add(loc + ("ref",), f"not a valid git ref: {c.ref!r}")
         for i, need in enumerate(c.needs):
-            if need == name:
+            if need.split("/")[0] == name:
                 problems.add(loc + ("needs", i), "a component cannot need itself")
-            elif need not in names:
-                problems.add(loc + ("needs", i), f"unknown component '{need}'"
-                             + did_you_mean(need, names))
+            else:
+                why = need_problem(need, names, model_components)
+                if why:
+                    problems.add(loc + ("needs", i), why)
         if isinstance(c.submodules, tuple):
             for i, sub in enumerate(c.submodules):
                 if not inside(sub):
@@ -130,7 +147,8 @@ def resolve(path: Path, s: SettingsFile, model_components: dict[str, ComponentFi
         )
 
     for kind, edges in (
-        ("needs", {n: [d for d in c.needs if d in components and d != n]
+        ("needs", {n: [d.split("/")[0] for d in c.needs
+                       if d.split("/")[0] in components and d.split("/")[0] != n]
                    for n, c in components.items()}),
         ("patch source", {n: [d for d in c.patch_sources() if d in components and d != n]
                           for n, c in components.items()}),
@@ -142,6 +160,23 @@ def resolve(path: Path, s: SettingsFile, model_components: dict[str, ComponentFi
             problems.add(("components", first, field),
                          f"{kind} cycle: {' -> '.join(cycle)}")
     return Stack(path=path, settings=settings, components=components)
+
+
+def need_problem(need: str, names: set[str], files: dict[str, ComponentFile]) -> str | None:
+    """Why ``need`` (``NAME`` or ``NAME/PART``) names nothing, or None."""
+    name, _, part = need.partition("/")
+    if name not in names:
+        return f"unknown component '{name}'" + did_you_mean(name, names)
+    if not part:
+        return None
+    f = files.get(name)
+    if f is None:  # invalid itself: already reported
+        return None
+    parts = sorted((f.parts or {}) if "parts" in f.model_fields_set else {})
+    if part not in parts:
+        return (f"'{name}' has no part '{part}'" + did_you_mean(part, parts)
+                + (f" (its parts: {', '.join(parts)})" if parts else " (it has no parts)"))
+    return None
 
 
 def _installs_loc(loc, part: Part, i: int) -> tuple:
@@ -198,7 +233,7 @@ def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
 
 
 def resolve_sections(stack: Stack, f: StackFile, names: set[str], project: Path | None,
-                      problems: Problems) -> Stack:
+                      problems: Problems, files: dict[str, ComponentFile]) -> Stack:
     """Check and resolve the image, configs, pod and debug sections."""
     base = stack.dir
     image = None
@@ -208,9 +243,9 @@ def resolve_sections(stack: Stack, f: StackFile, names: set[str], project: Path 
             problems.add(("image", "builder"), f"unknown component '{i.builder}'"
                          + did_you_mean(i.builder, names))
         for n, need in enumerate(i.needs):
-            if need not in names:
-                problems.add(("image", "needs", n), f"unknown component '{need}'"
-                             + did_you_mean(need, names))
+            why = need_problem(need, names, files)
+            if why:
+                problems.add(("image", "needs", n), why)
         if i.kernel != "auto" and (i.kernel.startswith("-") or "/" in i.kernel):
             problems.add(("image", "kernel"), f"not a kernel version: {i.kernel!r}")
         if not i.modules_root.startswith("/"):
@@ -243,9 +278,14 @@ def resolve_sections(stack: Stack, f: StackFile, names: set[str], project: Path 
             if not key or any(not part for part in key.split(".")):
                 problems.add(loc + ("unset", n), f"not a dotted key: {key!r}")
         for n, need in enumerate(c.needs):
-            if need != "image" and need not in names:
-                problems.add(loc + ("needs", n), f"unknown component '{need}' (or 'image')"
-                             + did_you_mean(need, names))
+            needed = need.partition("/")[0]
+            if need != "image" and needed not in names:
+                problems.add(loc + ("needs", n), f"unknown component '{needed}' (or 'image')"
+                             + did_you_mean(needed, names))
+            elif need != "image":
+                why = need_problem(need, names, files)
+                if why:
+                    problems.add(loc + ("needs", n), why)
             if need == "image" and f.image is None:
                 problems.add(loc + ("needs", n), "there is no 'image' section")
         if name == WRAPPER and f.debug.qemu_log:

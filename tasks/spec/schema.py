@@ -99,12 +99,20 @@ class ComponentFile(PartFile):
     parts: dict[str, PartFile] | None = None
 
 
+class CacheFile(_Strict):
+    """``settings.cache``: a shared build cache on an OCI registry."""
+    url: str = Field(min_length=1)  # oci://host[:port]/repo/prefix (checked in resolve)
+    push: bool = False
+    plain_http: bool = False
+
+
 class SettingsFile(_Strict):
     workdir: str = Field("build", min_length=1)
     destdir: str = ""
     prefix: str = "/usr/local"
     sudo: Literal["auto", "never"] = "auto"
     jobs: int = Field(0, ge=0)
+    cache: CacheFile | None = None
 
 
 def _version(value):

@@ -119,7 +119,8 @@ def _patch_checkout(ws: Workspace, c: Component) -> dict:
     outputs = ws.outputs(c.name)
 
     try:
-        target = git.apply_series(path, base, patch_bytes(ws, c), scratch=ws.scratch())
+        target = git.apply_series(path, base, patch_bytes(ws, c), scratch=ws.scratch(),
+                                  upstream=f"{c.ref} ({base[:12]})")
     except PatchFailed as err:
         if current != base and not [e for e in git.local_edits(path) if e not in outputs]:
             _move(ws, c, current, base, log, label)
