@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -27,6 +28,15 @@ from tasks.spec import load_stack
 from tasks.workspace import Workspace
 
 STANDINS = Path(__file__).parent / "standins"
+KATA_CONFIG = "/etc/kata-containers/configuration.toml"
+KATA_TOML = """\
+[hypervisor.qemu]
+path = "/usr/bin/qemu-system-x86_64"
+kernel = "/boot/vmlinuz-test"
+initrd = "/var/lib/kata/kata.img"
+shared_fs = "virtio-fs"
+virtio_fs_daemon = "/usr/libexec/virtiofsd"
+"""
 
 ALPHA = """\
 alpha:
@@ -61,12 +71,32 @@ class Rig:
             exe.write_text(f"#!{sys.executable}\n" + (STANDINS / f"{name}.py").read_text())
             exe.chmod(0o755)
         self.socket = tmp_path / "run" / "crio.sock"
-        self.env = {"PATH": f"{self.bin}:{os.environ['PATH']}", "STANDIN_DIR": str(self.dir)}
+        self.root = tmp_path / "root"  # the host, as the Kata pre-flight sees it
+        for path in ("/dev/kvm", "/dev/vhost-vsock", "/dev/log"):
+            self.host(path)
+        for path in ("/usr/bin/qemu-system-x86_64", "/usr/libexec/virtiofsd"):
+            self.host(path, mode=0o755)
+        for path in ("/boot/vmlinuz-test", "/var/lib/kata/kata.img"):
+            self.host(path)
+        self.host(KATA_CONFIG, KATA_TOML)
+        self.env = {"PATH": f"{self.bin}:{os.environ['PATH']}", "STANDIN_DIR": str(self.dir),
+                    "KPS_CHECK_ROOT": str(self.root)}
         self.workdir = project.workdir
         self.procs: list[subprocess.Popen] = []
 
-    def stack(self, pod: str = "", with_pod: bool = True) -> None:
+    def host(self, path: str, text: str = "", mode: int = 0o644) -> Path:
+        """A file of the host the pre-flight looks at (under KPS_CHECK_ROOT)."""
+        file = Path(str(self.root) + path)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(text)
+        file.chmod(mode)
+        return file
+
+    def stack(self, pod: str = "", with_pod: bool = True, sections: str = "") -> None:
+        """ALPHA, then ``sections`` (configs...), then the pod section."""
         self.project.write_stack(ALPHA.format(alpha=self.project.up.alpha()))
+        with open(self.project.stack_file, "a") as f:
+            f.write(textwrap.dedent(sections))
         if with_pod:
             text = f"pod:\n  socket: {self.socket}\n"
             if "start_timeout" not in pod:
@@ -153,13 +183,15 @@ def test_run_pod_runs_the_whole_sequence_in_order(rig):
     res = rig.doit("run_pod")
     assert res.ran.index("install:alpha") < res.ran.index("run_pod")
     calls = rig.calls()
-    assert names(calls) == ["crio", "pods", "pods", "images", "pull", "runp", "create", "start",
-                            "exec", "inspectp", "ip"]
+    assert names(calls) == ["crio", "pods", "pods", "images", "pull", "inspecti", "pull", "runp",
+                            "create", "start", "exec", "inspectp", "ip"]
     assert calls[0]["argv"] == ["--listen", str(rig.socket), "--log-level", "debug"]
     for c in calls[1:-1]:
         assert c["global"]["--runtime-endpoint"] == [f"unix://{rig.socket}"]
     by = {c["cmd"]: c for c in calls}
-    assert by["pull"]["args"] == ["docker.io/library/busybox:latest"]
+    pulls = [c["args"] for c in calls if c["cmd"] == "pull"]
+    assert pulls == [["docker.io/library/busybox:latest"], ["k8s.gcr.io/pause:3.6"]]
+    assert by["inspecti"]["args"] == ["k8s.gcr.io/pause:3.6"]  # CRI-O 1.23's default
     pod_file = str(rig.workdir / "pod" / "pod-config.json")
     ctr_file = str(rig.workdir / "pod" / "container-busybox.json")
     assert by["runp"]["flags"] == {"--runtime": ["kata"]}
@@ -200,7 +232,8 @@ def test_the_json_sent_has_crictl_field_names_and_the_spec_image_and_command(rig
     assert ctr_cfg["image"] == {"image": "docker.io/library/busybox:1.36"}
     assert ctr_cfg["command"] == ["sh", "-c", "sleep 1234"]
     assert ctr_cfg["log_path"] == "kata-busybox.log"
-    assert by["pull"]["args"] == ["docker.io/library/busybox:1.36"]
+    assert by["pull"]["args"] == ["k8s.gcr.io/pause:3.6"]
+    assert [c["args"] for c in calls if c["cmd"] == "pull"][0] == ["docker.io/library/busybox:1.36"]
 
     def keys(node, path=""):
         if isinstance(node, dict):
@@ -397,3 +430,383 @@ def test_not_root_with_sudo_never_is_refused_with_a_clear_message(project, monke
     with pytest.raises(StackError, match="run_pod needs root") as err:
         Shell(ws, "run_pod")
     assert "settings.sudo: auto" in str(err.value)
+
+
+# --------------------------------------------------------------------------
+# What CRI-O's refusals mean: one hint per failure seen on a real host, the
+# stand-in crictl replaying CRI-O's exact message.
+
+PAUSE_UNREACHABLE = (
+    'error creating pod sandbox with name "k8s_kata-sandbox_default_hdishd83djaidwnduwk28bcsb_1":'
+    ' initializing source docker://k8s.gcr.io/pause:3.6: pinging container registry k8s.gcr.io:'
+    ' Get "https://k8s.gcr.io/v2/": dial tcp: lookup k8s.gcr.io on 10.0.2.3:53: no such host')
+OOM_REFUSED = (
+    "container create failed: nsexec[24986]: failed to update /proc/self/oom_score_adj: "
+    'Permission denied\ntime="2024-05-02T10:11:12Z" level=error msg="runc create failed: '
+    "unable to start container process: can't get final child's PID from pipe: EOF\"")
+NO_SYSLOG = "CreateContainer failed: Unix syslog delivery error: unknown"
+NO_VSOCK = ("CreateContainer failed: /etc/kata-containers/configuration.toml: host system "
+            "doesn't support vsock: stat /dev/vhost-vsock: no such file or directory: unknown")
+
+# A phrase only each hint has: a hint must carry its own and no other's.
+HINT_MARKS = {
+    "pause": "for the pause image k8s.gcr.io/pause:3.6 (offline?)",
+    "oom": "CAP_SYS_RESOURCE",
+    "syslog": "start a syslog daemon",
+    "vsock": "modprobe vhost_vsock",
+    "handler": "does not know the runtime handler",
+    "cni": "CRI-O's network is not ready",
+    "generic": "CRI-O refused the",
+}
+
+
+@pytest.mark.parametrize("kind, pod, env, then", [
+    ("pause", "", {"STANDIN_FAIL": "runp", "STANDIN_FAIL_MSG": PAUSE_UNREACHABLE},
+     ["cannot reach k8s.gcr.io", "containers-storage:k8s.gcr.io/pause:3.6",
+      "point pause_image at an image CRI-O has"]),
+    ("oom", "runtime: runc", {"STANDIN_FAIL": "runp", "STANDIN_FAIL_MSG": OOM_REFUSED},
+     ["oom_score_adj to -998", "--cap-add=SYS_RESOURCE", "OOMScoreAdjust=-999"]),
+    ("syslog", "", {"STANDIN_FAIL": "create", "STANDIN_FAIL_MSG": NO_SYSLOG},
+     ["nothing listens at /dev/log", "socat -u UNIX-RECV:/dev/log"]),
+    ("vsock", "", {"STANDIN_FAIL": "start", "STANDIN_FAIL_MSG": NO_VSOCK},
+     ["the host has no /dev/vhost-vsock", "Some VMs cannot have it"]),
+    ("handler", "runtime: kata-typo", {},
+     ["'kata-typo' (it knows: runc, kata)", "[crio.runtime.runtimes.kata-typo]"]),
+    ("cni", "runtime: runc", {"STANDIN_CNI": "none"},
+     ["No CNI configuration file in /etc/cni/net.d/", "network_dir, /etc/cni/net.d"]),
+    ("generic", "", {"STANDIN_FAIL": "start"}, ["CRI-O refused the start"]),
+])
+def test_each_crio_refusal_gets_its_own_hint(rig, kind, pod, env, then):
+    rig.stack(pod)
+    res = rig.doit("run_pod", expect=1, **env)
+    hint = res.text[res.text.index("Hint: "):]
+    assert HINT_MARKS[kind] in hint
+    assert [k for k, mark in HINT_MARKS.items() if mark in hint] == [kind]
+    for text in then:
+        assert text in hint
+    step = env.get("STANDIN_FAIL", "runp")
+    seq = names(rig.calls())
+    assert step in seq and {"runp": "create", "create": "start", "start": "exec"}[step] \
+        not in seq
+    folder = diag_path(res.text)
+    assert HINT_MARKS[kind] in (folder / "README.txt").read_text()
+
+
+def test_the_cni_probe_is_marked_as_a_probe(rig):
+    rig.stack("runtime: runc")
+    res = rig.doit("run_pod", expect=1, STANDIN_CNI="none")
+    assert "code = DeadlineExceeded" in res.text
+    commands = (diag_path(res.text) / "commands.txt").read_text()
+    (line,) = [x for x in commands.splitlines() if x.startswith("$ ") and " info" in x]
+    assert line.endswith("# probe: is CRI-O's network ready?")
+
+
+# --------------------------------------------------------------------------
+# The pause image
+
+
+def test_a_pause_image_missing_offline_stops_before_runp_and_says_how_to_provide_it(rig):
+    rig.stack()
+    (rig.dir / "crictl-state.json").write_text(json.dumps(  # busybox is there, pause is not
+        {"images": {"docker.io/library/busybox:latest": "b" * 64}, "pods": {},
+         "containers": {}}))
+    res = rig.doit("run_pod", expect=1, STANDIN_OFFLINE="1")
+    assert "CRI-O's pause image k8s.gcr.io/pause:3.6 is not in its storage, and pulling it " \
+           "failed" in res.text
+    assert "lookup k8s.gcr.io on 10.0.2.3:53: no such host" in res.text
+    hint = res.text[res.text.index("Hint: "):]
+    assert "skopeo copy docker://k8s.gcr.io/pause:3.6 oci-archive:img.tar" in hint
+    assert "containers-storage:k8s.gcr.io/pause:3.6" in hint and "podman load" in hint
+    assert "point pause_image at an image CRI-O has" in hint
+    calls = rig.calls()
+    i = names(calls).index("inspecti")
+    assert names(calls)[i:i + 2] == ["inspecti", "pull"] and "runp" not in names(calls)
+    assert [c["args"] for c in calls if c["cmd"] == "pull"] == [["k8s.gcr.io/pause:3.6"]]
+
+
+def test_a_present_pause_image_is_not_pulled_and_its_name_comes_from_the_crio_config(rig):
+    rig.stack(sections="""\
+        configs:
+          crio:
+            path: /etc/crio/crio.conf.d/50-test.conf
+            format: toml
+            set: {crio: {image: {pause_image: "registry.example/pause:9"}}}
+        """)
+    (rig.dir / "crictl-state.json").write_text(json.dumps(
+        {"images": {"registry.example/pause:9": "c" * 64}, "pods": {}, "containers": {}}))
+    rig.doit("run_pod", STANDIN_PAUSE_IMAGE="registry.example/pause:9")
+    calls = rig.calls()
+    assert [c["args"] for c in calls if c["cmd"] == "inspecti"] == [["registry.example/pause:9"]]
+    assert [c["args"] for c in calls if c["cmd"] == "pull"] == [
+        ["docker.io/library/busybox:latest"]]
+
+
+# --------------------------------------------------------------------------
+# The Kata pre-flight
+
+
+def test_the_kata_preflight_says_what_is_missing_before_crio_is_asked(rig):
+    rig.stack()
+    (rig.root / "dev" / "vhost-vsock").unlink()
+    res = rig.doit("run_pod", expect=1)
+    assert "Kata pre-flight: 1 problem(s), so CRI-O was not asked for a 'kata' pod" in res.text
+    assert f"- {rig.root}/dev/vhost-vsock is missing" in res.text
+    assert "modprobe vhost_vsock" in res.text and "Some VMs cannot have it" in res.text
+    assert rig.calls() == []  # no crio started, no crictl
+    diag_path(res.text)
+
+    rig.host("/dev/vhost-vsock")
+    (rig.root / "dev" / "log").unlink()
+    res = rig.doit("run_pod", expect=1)
+    assert f"no syslog socket at {rig.root}/dev/log" in res.text
+    assert "start a syslog daemon" in res.text
+
+    rig.host("/dev/log")
+    rig.doit("run_pod")  # all there
+    (rig.root / "dev" / "kvm").unlink()
+    rig.stack("runtime: runc")
+    rig.doit("run_pod")  # with runc, none of it is looked at
+
+
+def test_the_preflight_reads_the_kata_config_the_stack_writes(rig):
+    rig.stack(sections=f"""\
+        configs:
+          kata:
+            path: {KATA_CONFIG}
+            format: toml
+            set:
+              hypervisor:
+                qemu:
+                  path: /usr/bin/qemu-system-x86_64
+                  kernel: /boot/vmlinuz-missing
+                  initrd: /var/lib/kata/kata.img
+                  shared_fs: virtio-fs
+                  virtio_fs_daemon: /usr/lib/qemu/virtiofsd
+        """)
+    res = rig.doit("run_pod", expect=1)
+    staged = rig.project.staged(KATA_CONFIG)
+    assert staged.is_file() and "config:kata" in res.ran
+    assert "Kata pre-flight: 2 problem(s)" in res.text
+    assert (f"hypervisor.qemu.kernel = /boot/vmlinuz-missing in {KATA_CONFIG} ({staged}) is "
+            "not there") in res.text
+    assert f"hypervisor.qemu.virtio_fs_daemon = /usr/lib/qemu/virtiofsd in {KATA_CONFIG}" \
+        in res.text
+    assert "qemu-system-common ships /usr/lib/qemu/virtiofsd" in res.text
+    assert "hypervisor.qemu.path" not in res.text and "hypervisor.qemu.initrd" not in res.text
+    assert rig.calls() == []
+
+    rig.host("/boot/vmlinuz-missing")
+    rig.host("/usr/lib/qemu/virtiofsd", mode=0o755)
+    rig.doit("run_pod")
+
+
+# --------------------------------------------------------------------------
+# What run_pod depends on follows the runtime
+
+CRIO_REPO_FILES = {"crio": "#!/bin/sh\necho crio\n", "crictl": "#!/bin/sh\necho crictl\n",
+                   "bridge": "#!/bin/sh\necho bridge\n"}
+
+
+def _graph_stack(rig, runtime: str) -> None:
+    from conftest import (
+        KATA_COMPONENTS,
+        KATA_IMAGE,
+        commit_all,
+        git_init,
+        kata_upstreams,
+        kernel_modules,
+        write,
+    )
+    repos = kata_upstreams(rig.project.up)
+    tools = rig.project.up.root / "tools"
+    if not tools.exists():
+        git_init(tools)
+        for name, text in CRIO_REPO_FILES.items():
+            write(tools / name, text, mode=0o755)
+        commit_all(tools, "crio, crictl, a CNI plugin", tag="v1")
+    modules = kernel_modules(rig.project.root / "modroot", "5.10.0-test")
+    rig.project.write_stack(KATA_COMPONENTS.format(**repos) + f"""\
+crio:
+  git: {tools}
+  ref: v1
+  parts:
+    crio:
+      install: install -D -m 0755 crio "$DESTDIR$PREFIX/bin/crio"
+      installs: [$PREFIX/bin/crio]
+    crictl:
+      install: install -D -m 0755 crictl "$DESTDIR$PREFIX/bin/crictl"
+      installs: [$PREFIX/bin/crictl]
+    cni:
+      install: install -D -m 0755 bridge "$DESTDIR/opt/cni/bin/bridge"
+      installs: [/opt/cni/bin/bridge]
+""")
+    with open(rig.project.stack_file, "a") as f:
+        f.write(KATA_IMAGE.format(modules=modules) + textwrap.dedent(f"""\
+            configs:
+              crio:
+                path: /etc/crio/crio.conf.d/50-test.conf
+                format: toml
+                needs: [crio/crio]
+                set:
+                  crio:
+                    runtime:
+                      runtimes:
+                        kata:
+                          runtime_path: /usr/local/bin/containerd-shim-kata-v2
+                          runtime_type: vm
+              cni:
+                path: /etc/cni/net.d/50-test.conf
+                format: json
+                set: {{cniVersion: "0.4.0", name: test, type: bridge}}
+              kata:
+                path: {KATA_CONFIG}
+                format: toml
+                base: /usr/share/defaults/kata-containers/configuration-qemu.toml
+                needs: [kata/runtime, qemu, image]
+                set: {{hypervisor: {{qemu: {{kernel: "${{image.kernel}}",
+                                            initrd: "${{image.initrd}}"}}}}}}
+              policy:
+                path: /etc/containers/policy.json
+                format: json
+                set: {{default: [{{type: insecureAcceptAnything}}]}}
+            pod:
+              runtime: {runtime}
+              socket: {rig.socket}
+              start_timeout: 10
+            """))
+
+
+def test_with_runc_run_pod_builds_only_the_crio_side(rig):
+    _graph_stack(rig, "runc")
+    res = rig.doit("run_pod")
+    built = {t for t in res.ran if t.split(":")[0] in ("install", "config", "image")}
+    assert built == {"install:crio/crio", "install:crio/crictl", "install:crio/cni",
+                     "install:kata/runtime",  # the shim the drop-in names: CRI-O needs it
+                     "config:crio", "config:cni", "config:policy"}
+    assert "image" not in res.ran and "build:kata/agent" not in res.ran
+    assert "install:qemu" not in res.ran and "fetch:mbuto" not in res.ran
+    assert rig.state("pod.json")["runtime"] == "runc"
+    assert not rig.project.staged(KATA_CONFIG).exists()
+
+
+def test_run_deps_of_the_real_stack_follow_the_runtime():
+    import dataclasses
+
+    from conftest import ROOT
+
+    from tasks.steps.pod import run_deps
+
+    stack = load_stack(ROOT / "stack.yaml")
+    kata = set(run_deps(Workspace(stack)))
+    assert {"image", "config:kata", "install:kata-containers/agent", "install:qemu",
+            "install:passt", "install:mbuto"} <= kata
+    runc = dataclasses.replace(stack, pod=dataclasses.replace(stack.pod, runtime="runc"))
+    assert set(run_deps(Workspace(runc))) == {
+        "install:cri-o", "install:cni-plugins", "install:cri-tools",
+        "install:kata-containers/runtime",  # the shim the crio drop-in names
+        "config:crio", "config:cni", "config:crictl", "config:policy"}
+
+
+# --------------------------------------------------------------------------
+# Restarting the crio run_pod started
+
+
+def test_our_crio_is_restarted_when_its_args_or_binary_change_and_no_other_is(rig):
+    rig.stack()
+    rig.doit("run_pod")
+    (first,) = rig.crio_pids()
+    res = rig.doit("run_pod")  # nothing changed: the same crio
+    assert rig.crio_pids() == [first] and alive(first)
+    assert f"using the crio run_pod started (pid {first})" in res.text
+
+    rig.stack("crio_args: [--log-level, info]")
+    res = rig.doit("run_pod")
+    assert f"the crio run_pod started (pid {first}) runs with other crio_args now: " \
+           "restarting it" in res.text
+    first_, second = rig.crio_pids()
+    assert not alive(first) and alive(second)
+    assert [c["argv"] for c in rig.calls() if c["cmd"] == "crio"][-1] == [
+        "--listen", str(rig.socket), "--log-level", "info"]
+    assert rig.state("crio.json")["pid"] == second
+
+    with open(rig.bin / "crio", "a") as f:  # a rebuilt crio
+        f.write("# rebuilt\n")
+    res = rig.doit("run_pod")
+    assert "a crio binary that has changed now: restarting it" in res.text
+    assert not alive(second) and alive(rig.state("crio.json")["pid"])
+    assert len(rig.cri()["pods"]) == 1  # the old pod removed through the new crio
+
+    rig.doit("stop_pod")
+    proc = rig.start_crio()  # not ours: never restarted
+    rig.stack("crio_args: [--log-level, warn]")
+    res = rig.doit("run_pod")
+    assert "restarting" not in res.text and proc.poll() is None
+    assert rig.state("crio.json") is None
+
+
+def test_our_crio_is_restarted_when_the_crio_config_changes(rig):
+    conf = """\
+        configs:
+          crio:
+            path: /etc/crio/crio.conf.d/50-test.conf
+            format: toml
+            set: {{crio: {{image: {{pause_image: "{image}"}}}}}}
+        """
+    rig.stack(sections=conf.format(image="k8s.gcr.io/pause:3.6"))
+    rig.doit("run_pod")
+    (first,) = rig.crio_pids()
+    rig.stack(sections=conf.format(image="registry.example/pause:9"))
+    res = rig.doit("run_pod")
+    assert "config:crio" in res.ran
+    assert "a CRI-O file that has changed now: restarting it" in res.text
+    assert not alive(first)
+    assert [c["args"] for c in rig.calls() if c["cmd"] == "inspecti"][-1] == [
+        "registry.example/pause:9"]
+
+
+# --------------------------------------------------------------------------
+# Diagnostics and logs
+
+
+def test_diagnostics_hold_this_pods_logs_only_and_count_commands_not_notes(rig):
+    rig.stack()
+    rig.doit("run_pod")  # an earlier pod: its container logged
+    first_ctr = rig.state("pod.json")["container_id"]
+    logs = rig.workdir / "logs" / "pod"
+    (logs / "old-pod.log").write_text("from an earlier template\n")
+    assert f"started {first_ctr[:13]}" in (logs / "kata-busybox.log").read_text()
+
+    n = len(rig.calls())
+    res = rig.doit("run_pod", expect=1, STANDIN_FAIL="exec")
+    folder = diag_path(res.text)
+    second_ctr = rig.state("pod.json")["container_id"]
+    assert not (folder / "container-old-pod.log").exists()
+    log = (folder / "container-kata-busybox.log").read_text()
+    assert f"started {second_ctr[:13]}" in log and first_ctr[:13] not in log
+    readme = (folder / "README.txt").read_text()
+    assert "old-pod.log: unchanged since before this pod" in readme
+    commands = (folder / "commands.txt").read_text()
+    run_part, diag_part = commands.split("# --- run_pod failed;")
+    ran = [line for line in run_part.splitlines() if line.startswith("$ ")]
+    notes = [line for line in run_part.splitlines() if line.startswith("# ")]
+    probes = [line for line in ran if "# probe: " in line]
+    assert len(probes) == 1 and probes[0].endswith(" version    # probe: does CRI-O answer?")
+    assert f"the {len(ran)} commands run_pod ran (1 of them probes that only look" in readme
+    asked = [line for line in diag_part.splitlines() if line.startswith("$ ")]
+    assert len(ran) + len(asked) == len(since(rig.calls(), n))  # one line per command run
+    assert notes  # there are notes, and they are not counted
+    versions = [line for line in commands.splitlines() if line.startswith("$ ")
+                and line.split("    #")[0].endswith(" version")]
+    assert len(versions) == 2 and all("# probe: does CRI-O answer?" in v for v in versions)
+
+
+def test_stop_pod_with_nothing_to_do_still_leaves_its_log(rig):
+    rig.stack()
+    rig.doit("run_pod")
+    rig.doit("stop_pod")
+    log = rig.workdir / "logs" / "stop_pod.log"
+    assert "stopped the crio run_pod started" in log.read_text()
+    res = rig.doit("stop_pod")
+    assert "nothing to stop" in res.text
+    assert "nothing to stop: no pod of ours" in log.read_text()
+    assert "stopped the crio run_pod started" in log.with_name("stop_pod.log.1").read_text()

@@ -39,12 +39,19 @@ class Output:
 class Shell:
     """The pod tasks' commands, run through the runner as root (through sudo
     when needed), with a transcript (command, exit code, output) for the
-    task's log and the diagnostics folder."""
+    task's log and the diagnostics folder.
+
+    The transcript holds commands (``$ ...``, counted in ``commands``) and
+    notes (``# ...``, not counted).  A probe (``crictl version``: does CRI-O
+    answer?) is a command that only looks: its line ends in ``# probe: WHY``
+    and it is counted in ``probes`` too."""
 
     def __init__(self, ws: Workspace, task: str):
         self.log = ws.log(task)
         self.label = f"{task}: "
         self.transcript: list[str] = []
+        self.commands = 0
+        self.probes = 0
         self.sudo = run.need_root(task, ws.settings.sudo, "CRI-O, its socket and the pod's "
                                   "network namespace belong to root")
 
@@ -52,7 +59,19 @@ class Shell:
         return run.as_root(argv, self.sudo)
 
     def note(self, text: str) -> None:
-        self._write(f"# {text}\n")
+        self._write("".join(f"# {line}\n" for line in text.splitlines() or [""]))
+
+    def say(self, text: str) -> None:
+        """Tell the user, and keep it in the log."""
+        run.say(text)
+        self.note(text)
+
+    def _command(self, shown: str, probe: str | None = None) -> str:
+        self.commands += 1
+        if probe:
+            self.probes += 1
+            return f"$ {shown}    # probe: {probe}\n"
+        return f"$ {shown}\n"
 
     def _write(self, text: str) -> None:
         self.transcript.append(text)
@@ -61,7 +80,8 @@ class Shell:
             f.write(text)
 
     def query(self, argv: list[str], *, check: bool = True, quiet: bool = False,
-              record: bool = True, hint: str | None = None) -> Output:
+              record: bool = True, hint: str | None = None,
+              probe: str | None = None) -> Output:
         full = self.argv(argv)
         shown = shlex.join(full)
         if not quiet:
@@ -71,12 +91,13 @@ class Shell:
             res = run.query(full, check=False)
             out = Output(res.code, res.stdout.decode(errors="replace"), res.err)
         except run.ProgramMissing:
-            self._write(f"$ {shown}\n# {full[0]}: command not found\n\n")
+            self._write(self._command(shown, probe) + f"# {full[0]}: command not found\n\n")
             raise StackError(f"{full[0]}: command not found (wanted for: {shown})",
                              hint=hint or f"install {full[0]} (doit install), and make sure "
                                           "the folder it is installed in is on PATH") from None
         if record:
-            text = f"$ {shown}\n# exit {out.code} after {time.monotonic() - started:.1f} s\n"
+            text = self._command(shown, probe) + \
+                f"# exit {out.code} after {time.monotonic() - started:.1f} s\n"
             for name, value in (("stdout", out.out), ("stderr", out.err)):
                 if value:
                     text += f"--- {name}\n{value.rstrip(chr(10))}\n"
@@ -87,11 +108,13 @@ class Shell:
         return out
 
     def start(self, argv: list[str], log: Path):
-        self.note(f"started in the background: {shlex.join(self.argv(argv))} >> {log}")
+        self._write(self._command(f"{shlex.join(self.argv(argv))} >> {log} 2>&1 &")
+                    + "# started in the background\n\n")
         return run.start(argv, log=log, sudo=self.sudo, label=self.label)
 
     def kill(self, pid: int, sig) -> bool:
-        self.note(f"kill -{sig.name} {pid}")
+        self._write(self._command(shlex.join(self.argv(["kill", f"-{sig.name[3:]}",
+                                                         str(pid)]))) + "\n")
         return run.kill(pid, sig, sudo=self.sudo)
 
 
@@ -101,8 +124,9 @@ class Crictl:
         self.base = crictl_argv(socket, timeout)
 
     def __call__(self, *args: str, check: bool = True, quiet: bool = False,
-                 hint: str | None = None) -> Output:
-        return self.shell.query(self.base + list(args), check=check, quiet=quiet, hint=hint)
+                 hint: str | None = None, probe: str | None = None) -> Output:
+        return self.shell.query(self.base + list(args), check=check, quiet=quiet, hint=hint,
+                                probe=probe)
 
     def id(self, what: str, *args: str, hint: str | None = None) -> str:
         """Run a command that prints an ID; the ID, checked."""

@@ -13,6 +13,12 @@ outlives doit, and a Ctrl-C in the terminal does not reach it), its output in
 ``<workdir>/logs/crio.log``.  Its pid, its start time (from /proc, so a reused
 pid is never mistaken for it) and its command line go to
 ``<workdir>/state/crio.json``; only that process is ever stopped.
+
+With them goes what it was started with: its command line (``crio_args``),
+the crio binary (path, size, mtime) and the content of the CRI-O files the
+stack writes (``/etc/crio/...``).  When one of these has changed by the next
+run_pod, that crio is stopped and started again, so the change takes
+effect; a crio run_pod did not start is never restarted.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from pathlib import Path
 
 from .. import run
 from ..errors import StackError
-from ..state import JsonFile
+from ..state import JsonFile, digest
 from .crictl import crictl_argv
+from .podhints import crio_configs
 
 DEFAULT_SOCKET = "/var/run/crio/crio.sock"
 PROBE_TIMEOUT = 2  # s, crictl's connection timeout for the "does it answer" probe
@@ -34,9 +41,11 @@ POLL = 0.2
 
 def answers(shell, socket: str, record: bool = False) -> bool:
     if not os.path.exists(socket):
+        if record:
+            shell.note(f"no socket at {socket}: CRI-O does not answer")
         return False
     res = shell.query(crictl_argv(socket, PROBE_TIMEOUT) + ["version"], check=False,
-                      quiet=not record, record=record)
+                      quiet=not record, record=record, probe="does CRI-O answer?")
     return res.code == 0
 
 
@@ -73,26 +82,83 @@ CRIO_HINT = ("read the log above; crio refuses to start when runc, conmon or pin
              "crio holds its storage (doit config:crio writes the settings)")
 
 
+def crio_argv(pod) -> list[str]:
+    argv = ["crio"] + ([] if "--listen" in pod.crio_args else ["--listen", pod.socket])
+    return argv + list(pod.crio_args)
+
+
+def binary() -> dict | None:
+    """The crio on PATH: its path, size and mtime (None when there is none)."""
+    path = run.which("crio")
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"path": os.path.realpath(path), "size": st.st_size, "mtime": st.st_mtime_ns}
+
+
+def config_state(ws) -> dict:
+    """The CRI-O files the stack writes, by content (None: not readable)."""
+    out = {}
+    for cfg in crio_configs(ws.stack):
+        path = ws.stack.target(cfg.path)
+        try:
+            out[str(path)] = digest(path.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            out[str(path)] = None
+    return out
+
+
+def wanted(ws, pod) -> dict:
+    return {"argv": crio_argv(pod), "socket": pod.socket, "binary": binary(),
+            "config": config_state(ws)}
+
+
+CHANGES = {"argv": "other crio_args", "socket": "another socket",
+           "binary": "a crio binary that has changed", "config": "a CRI-O file that has changed"}
+
+
+def changed(record: dict, want: dict) -> list[str]:
+    """What differs between the recorded crio and the one wanted now (only
+    what the record knows: an older record without a binary is not
+    restarted for it)."""
+    return [CHANGES[k] for k in CHANGES if k in record and record[k] != want[k]]
+
+
 def ensure(ws, shell, pod) -> bool:
     """Make sure CRI-O answers on ``pod.socket``; return True if we started it."""
+    want = wanted(ws, pod)
+    record = read_record(ws)
+    if record and is_ours(record):
+        why = changed(record, want)
+        if why:
+            shell.say(f"the crio run_pod started (pid {record['pid']}) runs with "
+                      + ", ".join(why) + " now: restarting it")
+            stop(shell, record)
+            record_file(ws).clear()
+            record = None
+    elif record:
+        record_file(ws).clear()
+        record = None
     if answers(shell, pod.socket, record=True):
-        run.say(f"CRI-O answers on {pod.socket}: using it")
+        whose = f"the crio run_pod started (pid {record['pid']})" if record else "it"
+        run.say(f"CRI-O answers on {pod.socket}: using {whose}")
         return False
     log = ws.logs / "crio.log"
-    record = read_record(ws)
     proc = None
-    if record and is_ours(record) and record.get("socket") == pod.socket:
+    if record:
         run.say(f"the crio run_pod started earlier (pid {record['pid']}) does not answer yet: "
                 "waiting for it")
     else:
         run.rotate(log)
-        argv = ["crio"] + ([] if "--listen" in pod.crio_args else ["--listen", pod.socket])
-        argv += list(pod.crio_args)
+        argv = want["argv"]
         run.say(f"CRI-O does not answer on {pod.socket}: starting it (output in {log})")
         proc = shell.start(argv, log)
         st = run.proc_stat(proc.pid)
-        record = {"pid": proc.pid, "starttime": st[1] if st else "", "argv": argv,
-                  "socket": pod.socket, "log": str(log), "sudo": shell.sudo,
+        record = {"pid": proc.pid, "starttime": st[1] if st else "", **want,
+                  "log": str(log), "sudo": shell.sudo,
                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         record_file(ws).write(record)
     deadline = time.monotonic() + pod.start_timeout

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import run
@@ -65,7 +66,29 @@ def _load_template(path: Path, fields: tuple[str, ...], kind: str) -> dict:
     return data
 
 
-def render(ws: Workspace, pod) -> tuple[Path, Path]:
+@dataclass(frozen=True)
+class Rendered:
+    """The files crictl is given, the pod's log folder, and the logs that
+    were in it before this pod (name: size, mtime): an earlier pod's."""
+
+    pod_file: Path
+    ctr_file: Path
+    log_dir: Path
+    logs_before: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _logs_in(folder: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for path in sorted(folder.glob("*.log")) if folder.is_dir() else []:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        out[path.name] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def render(ws: Workspace, pod) -> Rendered:
     """Write the pod and container configs crictl is given, under
     ``<workdir>/pod/``: the container's image and command from stack.yaml,
     our label on the pod, ``log_directory`` made absolute (a relative or
@@ -88,7 +111,7 @@ def render(ws: Workspace, pod) -> tuple[Path, Path]:
         ctr_file = out / f"container-{ctr_file.name}"
     for path, data in ((pod_file, pod_cfg), (ctr_file, ctr_cfg)):
         atomic_write(path, json.dumps(data, indent=2) + "\n")
-    return pod_file, ctr_file
+    return Rendered(pod_file, ctr_file, logdir, _logs_in(logdir))
 
 
 # --------------------------------------------------------------------------
@@ -107,21 +130,43 @@ def _new_folder(logs: Path) -> Path:
             path = base.with_name(f"{base.name}-{n}")
 
 
-def _copy_tail(src: Path, dst: Path) -> str:
+def _copy_tail(src: Path, dst: Path, offset: int = 0) -> str:
     try:
-        data, size = run.tail_bytes(src, TAIL_BYTES)
+        data, size = run.tail_bytes(src, TAIL_BYTES, offset)
     except OSError as err:
         return f"{src}: {err.strerror or err}"
     dst.write_bytes(data)
     cut = f" (last {TAIL_BYTES // 1024} KiB of {size} bytes)" if size > TAIL_BYTES else ""
-    return f"{dst.name}: {src}{cut}"
+    since = f" (from byte {offset}: what this pod wrote)" if offset else ""
+    return f"{dst.name}: {src}{cut}{since}"
 
 
-def diagnostics(ws: Workspace, shell: Shell, socket: str, error: str) -> Path:
+def _pod_logs(rendered: Rendered | None, folder: Path) -> list[str]:
+    """Copy what the current pod's containers logged: a log that was there
+    before this pod and has not changed is an earlier pod's; one that grew
+    is copied from where it was."""
+    if rendered is None:
+        return []
+    index = []
+    for name, (size, mtime) in _logs_in(rendered.log_dir).items():
+        src = rendered.log_dir / name
+        old = rendered.logs_before.get(name)
+        if old == (size, mtime):
+            index.append(f"({src}: unchanged since before this pod: an earlier pod's, "
+                         "not copied)")
+            continue
+        offset = old[0] if old and size >= old[0] else 0
+        index.append(_copy_tail(src, folder / f"container-{name}", offset))
+    return index
+
+
+def diagnostics(ws: Workspace, shell: Shell, socket: str, error: str,
+                rendered: Rendered | None = None) -> Path:
     """Everything that helps to see why run_pod failed, in one folder."""
     folder = _new_folder(ws.logs)
     index = []
-    ran = len(shell.transcript)
+    ran, probes = shell.commands, shell.probes
+    shell.note("--- run_pod failed; what follows was asked for the diagnostics folder ---")
     record = pod_state(ws).read()
     try:
         up = crio.answers(shell, socket, record=True)
@@ -141,13 +186,14 @@ def diagnostics(ws: Workspace, shell: Shell, socket: str, error: str) -> Path:
     else:
         index.append(f"CRI-O does not answer on {socket}: no crictl queries")
     sources = [("crio.log", ws.logs / "crio.log")]
-    sources += [(p.name, p) for p in sorted((ws.workdir / "pod").glob("*.json"))]
+    files = [rendered.pod_file, rendered.ctr_file] if rendered else \
+        sorted((ws.workdir / "pod").glob("*.json"))
+    sources += [(p.name, p) for p in files]
     if ws.stack.debug.qemu_log:
         sources += [(n, ws.logs / n) for n in ("qemu-serial.log", "qemu-stderr.log")]
     for name, src in sources:
         index.append(_copy_tail(src, folder / name))
-    for log in sorted((ws.workdir / "logs" / "pod").glob("*.log")):
-        index.append(_copy_tail(log, folder / f"container-{log.name}"))
+    index += _pod_logs(rendered, folder)
     if ws.stack.debug.agent_debug_console and record.get("pod_id"):
         vm = Path("/run/vc/vm") / record["pod_id"]
         listing = sorted(p.name for p in vm.iterdir()) if vm.is_dir() else []
@@ -159,6 +205,8 @@ def diagnostics(ws: Workspace, shell: Shell, socket: str, error: str) -> Path:
     (folder / "README.txt").write_text(
         f"run_pod failed at {time.strftime('%Y-%m-%d %H:%M:%S')}\n\n{error}\n\n"
         f"stack: {ws.stack.path}\npod: {json.dumps(record, sort_keys=True)}\n\n"
-        f"commands.txt: the {ran} commands run_pod ran (then the queries for this folder), "
-        "with exit codes and output\n" + "\n".join(index) + "\n")
+        f"commands.txt: the {ran} commands run_pod ran"
+        + (f" ({probes} of them probes that only look, marked '# probe')" if probes else "")
+        + f", then the {shell.commands - ran} asked for this folder, with exit codes and "
+        "output\n" + "\n".join(index) + "\n")
     return folder

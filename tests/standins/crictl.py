@@ -10,8 +10,25 @@ endpoint's socket to accept a connection.  An unknown runtime handler fails
 with CRI-O's message.  IDs are 64 hex digits.
 
 Every call is appended to $STANDIN_DIR/calls.jsonl: argv, the parsed parts,
-and a copy of each JSON file it was given.  $STANDIN_FAIL=CMD makes that
-subcommand fail; $STANDIN_RUNTIMES lists the handlers (default: runc,kata).
+and a copy of each JSON file it was given.  $STANDIN_RUNTIMES lists the
+handlers (default: runc,kata).
+
+CRI-O's side, as a test wants it:
+
+* $STANDIN_FAIL=CMD makes that subcommand fail; with $STANDIN_FAIL_MSG it
+  fails with that message from CRI-O, as crictl 1.23 prints it (``runp``:
+  ``run pod sandbox: rpc error: code = Unknown desc = MSG``, ``create``:
+  ``creating container: ...``, ``start``: ``starting the container "ID":
+  ...``, ``pull``: ``pulling image: ...``; $STANDIN_FAIL_CODE for another
+  gRPC code), on stderr as logrus's fatal line.
+* $STANDIN_OFFLINE=1: no registry answers: ``pull`` fails as CRI-O 1.23 does
+  offline, and so does ``runp`` while CRI-O lacks its pause image
+  ($STANDIN_PAUSE_IMAGE, default k8s.gcr.io/pause:3.6), which ``runp``
+  otherwise pulls.
+* $STANDIN_CNI=none: no CNI config: ``info`` says NetworkReady is false, and
+  ``runp`` waits until crictl's deadline (it fails with DeadlineExceeded).
+* ``start`` appends a line to the container's log (log_directory/log_path),
+  as conmon does.
 """
 
 import json
@@ -29,6 +46,7 @@ GLOBAL = {"--runtime-endpoint": 1, "-r": 1, "--image-endpoint": 1, "-i": 1, "--t
           "-t": 1, "--debug": 0, "-D": 0, "--config": 1, "-c": 1}
 FLAGS = {
     "version": {},
+    "info": {"-o": 1, "--output": 1},
     "images": {"-q": 0, "--quiet": 0, "-v": 0, "--digests": 0, "--no-trunc": 0, "-o": 1},
     "inspecti": {"-o": 1, "-q": 0},
     "pull": {"--creds": 1, "--auth": 1, "--pod-config": 1},
@@ -48,9 +66,28 @@ FLAGS = {
 }
 
 
+PAUSE = os.environ.get("STANDIN_PAUSE_IMAGE", "k8s.gcr.io/pause:3.6")
+RESOLVER = "10.0.2.3:53"
+WHAT = {"runp": "run pod sandbox", "create": "creating container", "pull": "pulling image"}
+
+
 def die(msg, code=1):
-    print(f'time="now" level=fatal msg="{msg}"', file=sys.stderr)
+    # logrus quotes a message with spaces or quotes the way Go's %q does
+    print(f'time="2024-05-02T10:11:12Z" level=fatal msg={json.dumps(msg)}', file=sys.stderr)
     sys.exit(code)
+
+
+def rpc(cmd, args, desc, code="Unknown"):
+    what = WHAT.get(cmd) or (f"starting the container {json.dumps(args[0] if args else '')}"
+                            if cmd == "start" else cmd)
+    die(f"{what}: rpc error: code = {code} desc = {desc}")
+
+
+def unreachable(image):
+    registry = image.split("/", 1)[0] if "/" in image else "docker.io"
+    return (f"initializing source docker://{image}: pinging container registry {registry}: "
+            f"Get \"https://{registry}/v2/\": dial tcp: lookup {registry} on {RESOLVER}: "
+            "no such host")
 
 
 def parse(args, known):
@@ -119,6 +156,9 @@ def main():
         die("no runtime endpoint given (the stand-in never probes the real ones)")
     connect(endpoint)
     if os.environ.get("STANDIN_FAIL") == cmd:
+        if os.environ.get("STANDIN_FAIL_MSG"):
+            rpc(cmd, args, os.environ["STANDIN_FAIL_MSG"],
+                os.environ.get("STANDIN_FAIL_CODE", "Unknown"))
         die(f"{cmd}: stand-in failure on purpose: rpc error: code = Unknown")
     state = load()
     globals()["do_" + cmd](state, flags, args)
@@ -132,6 +172,17 @@ def new_id():
 def do_version(state, flags, args):
     print("Version:  0.1.0\nRuntimeName:  cri-o\nRuntimeVersion:  1.23.5\n"
           "RuntimeApiVersion:  v1alpha2")
+
+
+def do_info(state, flags, args):
+    ready = os.environ.get("STANDIN_CNI") != "none"
+    print(json.dumps({"status": {"conditions": [
+        {"type": "RuntimeReady", "status": True, "reason": "", "message": ""},
+        {"type": "NetworkReady", "status": ready,
+         "reason": "" if ready else "NetworkPluginNotReady",
+         "message": "" if ready else "Network plugin returns error: No CNI configuration file "
+                                     "in /etc/cni/net.d/. Has your network provider started?"},
+    ]}}, indent=2))
 
 
 def do_images(state, flags, args):
@@ -149,6 +200,8 @@ def do_inspecti(state, flags, args):
 def do_pull(state, flags, args):
     if not args:
         die("Pull image: image name cannot be empty")
+    if os.environ.get("STANDIN_OFFLINE"):
+        rpc("pull", args, unreachable(args[0]))
     state["images"][args[0]] = new_id()
     print(f"Image is up to date for {args[0]}@sha256:{state['images'][args[0]]}")
 
@@ -164,6 +217,15 @@ def do_runp(state, flags, args):
         die(f"run pod sandbox: rpc error: code = Unknown desc = failed to find runtime "
             f"handler {handler} from runtime list map[{' '.join(handlers)}]")
     meta = config.get("metadata", {})
+    if os.environ.get("STANDIN_CNI") == "none":  # CRI-O waits for a CNI config
+        rpc("runp", args, "context deadline exceeded", "DeadlineExceeded")
+    if PAUSE not in state["images"]:
+        if os.environ.get("STANDIN_OFFLINE"):
+            name = "k8s_{}_{}_{}_{}".format(*(meta.get(k) for k in ("name", "namespace", "uid",
+                                                                   "attempt")))
+            rpc("runp", args, f"error creating pod sandbox with name \"{name}\": "
+                + unreachable(PAUSE))
+        state["images"][PAUSE] = new_id()
     key = [meta.get(k) for k in ("name", "namespace", "uid", "attempt")]
     for pod_id, pod in state["pods"].items():
         if pod["key"] == key:
@@ -198,7 +260,12 @@ def do_start(state, flags, args):
     for ctr_id in args:
         if ctr_id not in state["containers"]:
             die(f"starting the container {ctr_id}: not found")
-        state["containers"][ctr_id]["state"] = "CONTAINER_RUNNING"
+        ctr = state["containers"][ctr_id]
+        ctr["state"] = "CONTAINER_RUNNING"
+        logdir = state["pods"].get(ctr["pod"], {}).get("config", {}).get("log_directory")
+        if logdir and ctr["config"].get("log_path"):
+            with open(Path(logdir) / ctr["config"]["log_path"], "a") as f:
+                f.write(f"2024-05-02T10:11:12.000000000Z stdout F started {ctr_id[:13]}\n")
         print(ctr_id)
 
 
