@@ -1,24 +1,49 @@
-"""install:NAME[/PART]: run a part's install commands.
+"""install:NAME[/PART]: run a part's install commands into its staging
+folder, then merge what they staged into the target root.
+
+The commands run with ``DESTDIR`` set to ``<workdir>/stage/PART`` (made
+fresh each time), never as root; every ``installs`` entry must be in the
+stage.  ``manifest.merge`` then lays the stage onto ``settings.destdir`` (or
+the live system, through sudo when needed) and records what it wrote.
 
 An install is keyed on the content of the artifacts, its commands and env,
-destdir and prefix; it reruns when an installed file is missing, not
-because the build merely ran again.  What it installed (a digest of the
-``installs`` files and the artifacts) is recorded for the builds and the
-image that ``need`` the component.
+destdir and prefix (not the staging path: it is the same for every run); it
+reruns when an installed file or its record is missing, not because the
+build merely ran again.  What it installed (a digest of the ``installs``
+files and the artifacts) is recorded for the builds and the image that
+``need`` the component.
+
+Plain ``doit`` (the ``install`` group) ends by naming what components that
+left stack.yaml still have on disk (``manifest.leftovers``).
 """
 
 from __future__ import annotations
 
-from ..action import Done, step, task_id
-from ..checkout import run_commands
+import os
+
+from .. import manifest
+from ..action import Done, Notice, step, task_id
+from ..checkout import recording_outputs
 from ..errors import StackError
+from ..host import buildcache
 from ..model import Part
+from ..run import run
 from ..state import Check, digest
 from ..workspace import Workspace
 
 
+def _hit(ws: Workspace, part: Part) -> dict | None:
+    """The build cache record when build:PART came from the cache."""
+    return ws.stamps.produced(task_id("build", part.id), "from_cache")
+
+
 def install_key(ws: Workspace, part: Part) -> dict:
     root = ws.checkout(part.component)
+    hit = _hit(ws, part)
+    if hit:  # no artifact was built: the pulled tree stands for them
+        return {"artifacts": {"from_cache": hit["tree"]}, "commands": list(part.install),
+                "env": dict(part.env), "destdir": ws.settings.destdir,
+                "prefix": ws.settings.prefix}
     cache = ws.hashes(part.component)
     artifacts = {}
     for artifact in part.artifacts:
@@ -38,7 +63,7 @@ def install_key(ws: Workspace, part: Part) -> dict:
 
 class InstallCheck(Check):
     """Stale when an artifact's content, the commands, env, destdir or prefix
-    change, or an installed file is missing."""
+    change, or an installed file or the record of the install is missing."""
 
     def __init__(self, ws: Workspace, part: Part):
         super().__init__(ws.stamps, task_id("install", part.id))
@@ -49,41 +74,63 @@ class InstallCheck(Check):
 
     def missing(self) -> str | None:
         for target in self.part.installs:
-            path = self.ws.stack.target(target)
+            path = manifest.target(self.ws, target)
             if not path.exists() and not path.is_symlink():
                 return f"installed file {path} is missing"
+        if not manifest.record(self.ws, self.part.id).exists():
+            return "there is no record of what it installed"
         return None
 
 
-def _install(ws: Workspace, part: Part) -> dict:
+def _install(ws: Workspace, part: Part) -> Done:
     tid = task_id("install", part.id)
     key = install_key(ws, part)
-    run_commands(ws, part, part.install, tid, sudo=ws.needs_sudo())
-    cache = ws.hashes(part.component)
-    installed = {}
-    missing = []
-    for target in part.installs:
-        path = ws.stack.target(target)
-        fp = cache.fingerprint(path)
-        if fp == "-":
-            missing.append(str(path))
-        installed[target] = fp
-    cache.save()
+    stage = manifest.fresh_stage(ws, part.id)
+    env = {**ws.env(part), "DESTDIR": str(stage)}
+    hit = _hit(ws, part)
+    if hit:
+        buildcache.restore(ws, part, hit, stage)
+    elif part.install:
+        with recording_outputs(ws, part.component):
+            for command in part.install:
+                run(command, cwd=ws.checkout(part.component), log=ws.log(tid), env=env,
+                    label=f"{tid}: ")
+    missing = [t for t in part.installs if not os.path.lexists(manifest.on_target(str(stage), t))]
     if missing:
         raise StackError(
-            f"the install finished but did not create: {', '.join(missing)}",
-            hint="check 'installs' in stack.yaml against what the install writes "
-                 f"(log: {ws.log(tid)})")
-    return Done(key, {"installed": digest([installed, key["artifacts"]])})
+            f"the install finished but did not create: {', '.join(missing)} "
+            f"(looked for in its staging folder {stage}); nothing was merged",
+            hint="check 'installs' in stack.yaml against what the install writes under "
+                 f"$DESTDIR (log: {ws.log(tid)})")
+    cache = ws.hashes(part.component)
+    installed = {t: cache.fingerprint(manifest.on_target(str(stage), t)) for t in part.installs}
+    cache.save()
+    produced = {"installed": digest([installed, key["artifacts"]])}
+    if ws.settings.cache:  # the staged tree's digest: what the parts that need it key on
+        produced["tree"] = buildcache.tree_digest(stage)
+        content = ws.stamps.produced(task_id("build", part.id), "content")
+        if content and not hit and ws.settings.cache.push:
+            cache_key, _ = buildcache.key_for(ws, part, content)  # today's install commands
+            if cache_key:
+                buildcache.share(ws, part, cache_key, stage)
+    if hit:
+        produced["from_cache"] = hit["manifest"]
+    manifest.merge(ws, part.id, stage, tid)
+    return Done(key, produced)
 
 
 def install_tasks(ws: Workspace):
+    where = ws.settings.destdir or "the live system"
+    yield {
+        "name": None,
+        "doc": f"install every component (or part): staged, then merged into {where}",
+        "teardown": [Notice(lambda: manifest.say_leftovers(ws))],
+    }
     for c in ws.stack.components.values():
         for part in c.parts:
-            where = ws.settings.destdir or "the live system"
             yield {
                 "name": part.id,
-                "doc": f"install {part.id} into {where}",
+                "doc": f"install {part.id}: staged, then merged into {where}",
                 "actions": [step(ws, task_id("install", part.id), lambda p=part: _install(ws, p))],
                 "task_dep": [task_id("build", part.id)],
                 "uptodate": [InstallCheck(ws, part)],
