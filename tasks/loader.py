@@ -33,7 +33,7 @@ from doit.cmdparse import CmdOption, CmdParse, CmdParseError
 from doit.exceptions import InvalidDodoFile
 
 from . import run, state
-from .errors import SpecError, StackError
+from .errors import SpecError, StackError, did_you_mean
 from .model import Stack
 from .workspace import Workspace
 
@@ -44,6 +44,29 @@ DEFAULT_TASKS = ["check", "fetch", "patch", "build", "install", "image", "config
 # doit commands that only read: they write nothing, and work while another
 # run builds.
 READ_ONLY_COMMANDS = {"list", "info", "help", "tabcompletion"}
+
+# doit commands that work on doit's own database, which this tool does not
+# decide from (the stamps do): each would claim success and change nothing.
+UNSUPPORTED = {
+    "clean": "build outputs live in the checkouts (git -C build/src/NAME clean -dxf) and "
+             "installs are taken back by doit uninstall:NAME",
+    "reset-dep": "the stamps under <workdir>/state/stamps decide what is up to date; "
+                 "doit forget TASK makes a task run again",
+    "dumpdb": "what each task last ran for is in <workdir>/state/stamps/*.json "
+              "(doit info TASK says in words why it would run)",
+    "strace": "builds run in their own processes; use strace -f ./stack.sh build:NAME",
+    "ignore": "doit's ignore list lives in its database, which the stamps override; "
+              "name the tasks you want instead (doit build:NAME)",
+}
+
+# The variables this tool reads from the command line (NAME=VALUE).
+VARIABLES = {
+    "stack": "the stack file (default: stack.yaml beside dodo.py)",
+    "force": "config:NAME force=1 overwrites a hand-edited file, saving it first",
+    "accel": "image_boot accel=auto|kvm|tcg",
+    "timeout": "image_boot timeout=SECONDS",
+    "ref": "try:NAME ref=REF: the candidate version to try the patch series against",
+}
 
 
 def stack_path(value: str | None, project: Path) -> Path:
@@ -78,35 +101,141 @@ def _commands() -> set[str]:
     return {cmd.get_name() for cmd in DoitMain.DOIT_CMDS}
 
 
-def is_read_only(argv: list[str] | None = None) -> bool:
-    return doit_command(sys.argv[1:] if argv is None else argv) in READ_ONLY_COMMANDS
-
-
 def workspace(value: str | None, project: Path, argv: list[str] | None = None) -> Workspace:
-    read_only = is_read_only(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = doit_command(argv)
+    named = requested(argv)
+    read_only = command in READ_ONLY_COMMANDS or read_only_tasks(named)
+    try:
+        refuse(command, argv)
+    except StackError as err:
+        raise InvalidDodoFile(str(err)) from None
     if read_only:
         state.set_read_only()
+        from . import plan
+
+        state.predict_with(plan.predict)  # a task whose dependency will run is stale too
     try:
         stack = load(stack_path(value, project), project=project, store=not read_only)
     except SpecError as err:
         raise InvalidDodoFile(str(err)) from None
     _stop_children_on_exit()
-    ws = Workspace(stack, read_only=read_only)
-    if not read_only:
-        # Refuse at once, before looking at any task, if another run holds
-        # the workdir.
-        try:
+    ws = Workspace(stack, read_only=read_only, requested=named)
+    try:
+        if command != "help":
+            ws.lockfile.check()  # a broken lock stops everything, before any task
+        if not read_only:
+            # Refuse at once, before looking at any task, if another run
+            # holds the workdir.
             ws.lock()
-        except StackError as err:
-            raise InvalidDodoFile(str(err)) from None
+        if command == "forget":
+            forget(ws, argv)
+    except StackError as err:
+        raise InvalidDodoFile(str(err)) from None
     return ws
 
 
+def read_only_tasks(named: list[str]) -> bool:
+    """Whether the tasks named are all ones that only read (status, graph,
+    show:NAME, try:NAME): the run then writes nothing and takes no lock."""
+    from .plan import READ_ONLY_TASKS
+
+    return bool(named) and all(t.split(":", 1)[0] in READ_ONLY_TASKS for t in named)
+
+
+def refuse(command: str, argv: list[str]) -> None:
+    """Stop at once for what this tool cannot do: doit commands that work
+    on doit's database alone, process-parallel runs, unknown variables."""
+    if command in UNSUPPORTED:
+        raise StackError(f"doit {command} is not supported by kata-passt-stack: "
+                         f"{UNSUPPORTED[command]}")
+    if _parallel_type(argv) == "process":
+        raise StackError("doit -P process is not supported: every step writes its state "
+                         "from one process; use -P thread (doit -n 4 -P thread)")
+    from doit.doit_cmd import _CMDLINE_VARS  # what doit parsed as NAME=VALUE
+
+    unknown = sorted(set(_CMDLINE_VARS or {}) - set(VARIABLES))
+    if unknown:
+        known = ", ".join(f"{k}=" for k in VARIABLES)
+        lines = [f"unknown variable on the command line: {name}="
+                 + did_you_mean(name, VARIABLES) for name in unknown]
+        raise StackError("\n".join(lines), hint=f"the variables this tool reads: {known}")
+
+
+def _run_args(argv: list[str]) -> tuple[dict, list[str]]:
+    """doit run's options and the task names of ``argv``, parsed by doit."""
+    from doit.cmd_base import DoitCmdBase
+    from doit.cmd_run import Run
+
+    # doit takes NAME=VALUE variables out before it parses the options
+    words = [a for a in argv if a != "run" and not ("=" in a and not a.startswith("-"))]
+    try:
+        options = DoitCmdBase.base_options + Run.cmd_options + DodoTaskLoader.cmd_options
+        params, rest = CmdParse([CmdOption(o) for o in options]).parse(words)
+    except CmdParseError:
+        return {}, []
+    return params, [a for a in rest if not a.startswith("-") and "=" not in a]
+
+
+def _parallel_type(argv: list[str]) -> str | None:
+    """-P as given on the command line (doit's own default is 'process',
+    but DOIT_CONFIG makes it 'thread')."""
+    params = _run_args(argv)[0]
+    given = getattr(params, "_non_default_keys", set())
+    return params.get("par_type") if "par_type" in given else None
+
+
+def requested(argv: list[str]) -> list[str]:
+    """The tasks named on a ``doit [run]`` command line (none: plain doit)."""
+    return _run_args(argv)[1] if doit_command(argv) == "run" else []
+
+
+def forget(ws: Workspace, argv: list[str]) -> None:
+    """``doit forget [TASK...]``: the stamps decide, so drop those of the
+    named tasks (a group name such as ``build`` names all its tasks; none,
+    or --all: every task), and the next run redoes them."""
+    args = argv[argv.index("forget") + 1:] if "forget" in argv else []
+    names = [a for a in args if not a.startswith("-") and "=" not in a]
+    everything = not names or "-a" in args or "--all" in args
+    gone = [t for t in ws.stamps.ids()
+            if everything or any(t == n or t.startswith(n + ":") for n in names)]
+    for tid in gone:
+        ws.stamps.clear(tid)
+    run.say(f"kata-passt-stack: forgot {len(gone)} task(s)"
+            + (f": {', '.join(gone[:12])}" + (" ..." if len(gone) > 12 else "") if gone else "")
+            + "; the next run redoes them")
+
+
+def _quiet_database() -> None:
+    """doit writes its database when a run ends; on a full disk sqlite raises
+    and doit prints a traceback.  This tool decides from its stamps, which
+    are written as each task ends, so say it in a line and go on."""
+    import sqlite3
+
+    from doit.dependency import SqliteDB
+
+    if getattr(SqliteDB.dump, "_kps", False):
+        return
+    dump = SqliteDB.dump
+
+    def guarded(self):
+        try:
+            dump(self)
+        except sqlite3.OperationalError as err:
+            run.say(f"kata-passt-stack: doit's database {self.name} was not written ({err}); "
+                    "the stamps of the tasks that finished are kept")
+
+    guarded._kps = True
+    SqliteDB.dump = guarded
+
+
 def doit_config(ws: Workspace, namespace: dict) -> dict:
+    _quiet_database()
     db = ws.workdir / ".doit.db"
     if ws.read_only:
-        # doit opens (and so creates) its database even to list tasks
-        dep_file = str(db) if db.exists() else ":memory:"
+        # doit opens (and so creates) its database even to list tasks; a run
+        # of read-only tasks would write it when it ends
+        dep_file = str(db) if db.exists() and not ws.requested else ":memory:"
     else:
         try:
             ws.make_workdir()  # doit opens its database there
@@ -116,7 +245,8 @@ def doit_config(ws: Workspace, namespace: dict) -> dict:
     return {
         "dep_file": dep_file,
         "backend": "sqlite3",
-        "default_tasks": [t for t in DEFAULT_TASKS if f"task_{t}" in namespace],
+        "default_tasks": [t for t in DEFAULT_TASKS if f"task_{t}" in namespace
+                          and (t != "image" or ws.stack.image is not None)],
         "action_string_formatting": "new",
         "par_type": "thread",
         "verbosity": 2,  # every step prints what it runs itself, and logs the rest
@@ -230,3 +360,11 @@ def _stop_children_on_exit() -> None:
 
 def _terminate(signum, frame):
     raise SystemExit(128 + signum)
+
+
+if __name__ == "__main__":  # stack.sh, for the doit commands that skip dodo.py
+    try:
+        refuse(doit_command(sys.argv[1:]), sys.argv[1:])
+    except StackError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        sys.exit(3)

@@ -22,6 +22,7 @@ log files and their rotation, reading a log's tail, and stopping a process
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -29,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,10 +49,189 @@ _registry: Path | None = None  # where running commands are recorded (see reap)
 # Saying things, and logs
 
 
+_output = threading.local()  # where say() writes in this thread (see output_to)
+
+
+@contextmanager
+def output_to(capture, realtime=None):
+    """While the block runs, ``say()`` in this thread writes to ``capture``
+    (the task's own record of its output) and to ``realtime`` (what doit
+    shows now), never through the process-wide ``sys.stderr``: doit's
+    parallel threads would otherwise see each other's output, and its JSON
+    reporter would lose it all."""
+    previous = getattr(_output, "streams", None)
+    _output.streams = (capture, realtime)
+    try:
+        yield
+    finally:
+        _output.streams = previous
+
+
 def say(message: str) -> None:
-    """Tell the user what is happening (stderr, so doit shows it)."""
+    """Tell the user what is happening: whole lines, never interleaved with
+    another thread's (stderr, so doit shows it)."""
+    streams = getattr(_output, "streams", None)
+    text = message + "\n"
     with _print_lock:
-        print(message, file=sys.stderr, flush=True)
+        _erase_live()
+        try:
+            if streams is None:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+                return
+            capture, realtime = streams
+            capture.write(text)
+            if realtime is not None:
+                realtime.write(text)
+                realtime.flush()
+        finally:
+            _draw_live()
+
+
+def shown_path(path: Path) -> str:
+    """A path as the user would type it from here: relative when inside."""
+    try:
+        from doit import get_initial_workdir  # doit runs in dodo.py's folder
+
+        rel = os.path.relpath(path, get_initial_workdir() or os.getcwd())
+    except ValueError:
+        return str(path)
+    return rel if not rel.startswith("..") else str(path)
+
+
+_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def expanded(command: str, env: dict[str, str] | None) -> str:
+    """``command`` with the variables the tool sets (``$PREFIX``, a part's
+    ``env``) written out, as the shell will see them."""
+    if not env:
+        return command
+    return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), m.group(0)), command)
+
+
+# --------------------------------------------------------------------------
+# Progress while commands run.  KPS_PROGRESS picks how (README: Progress):
+# ``live`` (the default on a terminal): one status line per running command
+# (task, elapsed time, its last output line), redrawn in place below the
+# output; ``notes`` (the default elsewhere, CI logs): "still running: TASK
+# (N min, log: PATH)" once a minute (KPS_PROGRESS_INTERVAL seconds);
+# ``stream``: every output line as it comes, prefixed with its task; ``off``.
+
+
+@dataclass
+class _Live:
+    task: str
+    log: Path
+    offset: int
+    started: float
+    notes: int = 0
+    read: int = 0  # stream mode: how far the log was shown
+
+
+_live: dict[int, _Live] = {}
+_drawn = 0  # live lines on the terminal now (under _print_lock)
+_ticker: threading.Thread | None = None
+_wake = threading.Event()
+
+
+def progress_mode() -> str:
+    mode = os.environ.get("KPS_PROGRESS", "auto")
+    if mode not in ("live", "notes", "stream", "off"):
+        try:
+            mode = "live" if sys.stderr.isatty() else "notes"
+        except (AttributeError, ValueError):
+            mode = "notes"
+    return mode
+
+
+def _interval() -> float:
+    try:
+        return max(0.05, float(os.environ.get("KPS_PROGRESS_INTERVAL", "60")))
+    except ValueError:
+        return 60.0
+
+
+def _erase_live() -> None:
+    global _drawn
+    if _drawn:
+        sys.stderr.write(f"\x1b[{_drawn}A\x1b[J")
+        _drawn = 0
+
+
+def _draw_live() -> None:
+    global _drawn
+    if _drawn or not _live or progress_mode() != "live":
+        return
+    import shutil
+
+    width = max(20, shutil.get_terminal_size((80, 24)).columns - 1)
+    now = time.monotonic()
+    lines = []
+    for item in list(_live.values()):
+        elapsed = int(now - item.started)
+        last = tail(item.log, item.offset, lines=1).strip().replace("\t", " ")
+        line = f"  [{elapsed // 60}:{elapsed % 60:02d}] {item.task}" + (f"  {last}" if last else "")
+        lines.append(line[:width])
+    sys.stderr.write("".join(f"\x1b[2m{line}\x1b[0m\n" for line in lines))
+    sys.stderr.flush()
+    _drawn = len(lines)
+
+
+def _watch(key: int, item: _Live) -> None:
+    global _ticker
+    with _running_lock:
+        _live[key] = item
+        if _ticker is None and progress_mode() != "off":
+            _ticker = threading.Thread(target=_tick, name="kps-progress", daemon=True)
+            _ticker.start()
+    _wake.set()
+
+
+def _unwatch(key: int) -> None:
+    with _running_lock:
+        item = _live.pop(key, None)
+    if item is not None and progress_mode() == "stream":
+        _stream(item)
+    with _print_lock:
+        _erase_live()
+        _draw_live()
+
+
+def _stream(item: _Live) -> None:
+    try:
+        data, end = tail_bytes(item.log, 1 << 20, max(item.offset, item.read))
+    except OSError:
+        return
+    cut = data.rfind(b"\n") + 1
+    if cut:
+        item.read = max(item.offset, item.read) + cut
+        for line in data[:cut].decode("utf-8", "replace").splitlines():
+            say(f"  {item.task}| {line}")
+
+
+def _tick() -> None:
+    while True:
+        mode = progress_mode()
+        _wake.wait({"live": 1.0, "stream": 0.2}.get(mode, min(_interval(), 5.0)))
+        _wake.clear()
+        with _running_lock:
+            items = list(_live.values())
+        if mode == "live":
+            with _print_lock:
+                _erase_live()
+                _draw_live()
+        elif mode == "stream":
+            for item in items:
+                _stream(item)
+        elif mode == "notes":
+            every = _interval()
+            for item in items:
+                elapsed = time.monotonic() - item.started
+                if int(elapsed // every) > item.notes:
+                    item.notes = int(elapsed // every)
+                    took = f"{int(elapsed // 60)} min" if elapsed >= 60 else f"{int(elapsed)} s"
+                    say(f"still running: {item.task} ({took}, log: {shown_path(item.log)})")
 
 
 def rotate(log: Path) -> None:
@@ -206,7 +387,9 @@ def run(command: str, *, cwd: Path, log: Path, env: dict[str, str] | None = None
     log.parent.mkdir(parents=True, exist_ok=True)
     argv = as_root(["sh", "-c", command], sudo, keep_env=(env or {}).keys())
     shown = command if not sudo else "sudo " + command
-    say(f"  {label}$ {shown}")
+    say(f"  {label}$ {shown}  (log: {shown_path(log)})")
+    if expanded(command, env) != command:
+        say(f"  {' ' * len(label)}  = {expanded(command, env)}")
     with open(log, "ab") as out, open(os.devnull, "rb") as devnull:
         out.write(
             f"\n### {time.strftime('%Y-%m-%d %H:%M:%S')} in {cwd}\n### $ {shown}\n".encode())
@@ -218,6 +401,7 @@ def run(command: str, *, cwd: Path, log: Path, env: dict[str, str] | None = None
                 _in=devnull, _new_session=True, _bg=True, _bg_exc=False)
             with _running_lock:
                 _running[id(proc)] = proc
+            _watch(id(proc), _Live(label.rstrip(": ") or shown, log, offset, time.monotonic()))
             entry = _record(proc.pid, shown)
             try:
                 proc.wait()
@@ -229,6 +413,7 @@ def run(command: str, *, cwd: Path, log: Path, env: dict[str, str] | None = None
             finally:
                 with _running_lock:
                     _running.pop(id(proc), None)
+                _unwatch(id(proc))
                 if entry is not None:
                     entry.unlink(missing_ok=True)
         except sh.ErrorReturnCode as err:
@@ -337,15 +522,29 @@ def _killpg(pgid: int, sig: signal.Signals) -> bool:
 
 
 def group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs (a zombie does not):
+    members can outlive the group's leader."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # a zombie leader still counts for killpg; look at its state
-    st = proc_stat(pgid)
-    return st is not None and st[0] != "Z"
+    return any(st is not None and st[0] not in "ZX" for st in _group_members(pgid))
+
+
+def _group_members(pgid: int):
+    """The /proc/PID/stat state of every process in group ``pgid``."""
+    with os.scandir("/proc") as entries:
+        names = [e.name for e in entries if e.name.isdigit()]
+    for name in names:
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid):
+            yield (fields[0], fields[19] if len(fields) > 19 else "")
 
 
 def _stop_group(pgid: int, grace: float = 5) -> bool:

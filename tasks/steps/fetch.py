@@ -154,29 +154,28 @@ def _reset(ws: Workspace, c: Component) -> None:
     return None
 
 
-def tasks(ws: Workspace):
+def _per_component(ws: Workspace, kind: str, work, doc, check=None):
+    """One task ``KIND:NAME`` per component."""
     for c in ws.stack.components.values():
-        yield {
-            "name": c.name,
-            "doc": f"fetch {c.name} {c.ref} from {c.git}",
-            "actions": [step(ws, task_id("fetch", c.name), lambda c=c: _fetch(ws, c))],
-            "uptodate": [FetchCheck(ws, c)],
-        }
+        task = {"name": c.name, "doc": doc(c),
+                "actions": [step(ws, task_id(kind, c.name), lambda c=c: work(ws, c))]}
+        if check is not None:
+            task["uptodate"] = [check(ws, c)]
+        yield task
+
+
+def tasks(ws: Workspace):
+    yield from _per_component(ws, "fetch", _fetch, lambda c: f"fetch {c.name} {c.ref} from {c.git}",
+                              FetchCheck)
 
 
 def update_tasks(ws: Workspace):
-    for c in ws.stack.components.values():
-        yield {
-            "name": c.name,
-            "doc": f"re-resolve {c.name} {c.ref} upstream and record it in stack.lock",
-            "actions": [step(ws, task_id("update", c.name), lambda c=c: _update(ws, c))],
-        }
+    yield from _per_component(
+        ws, "update", _update,
+        lambda c: f"re-resolve {c.name} {c.ref} upstream and record it in stack.lock")
 
 
 def reset_tasks(ws: Workspace):
-    for c in ws.stack.components.values():
-        yield {
-            "name": c.name,
-            "doc": f"stash local edits in {c.name}'s checkout so the patch step can move it",
-            "actions": [step(ws, task_id("reset", c.name), lambda c=c: _reset(ws, c))],
-        }
+    yield from _per_component(
+        ws, "reset", _reset,
+        lambda c: f"stash local edits in {c.name}'s checkout so the patch step can move it")

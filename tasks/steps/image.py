@@ -262,9 +262,11 @@ def _boot(ws: Workspace, accel: str, timeout: str | None) -> None:
 
 
 def tasks(ws: Workspace):
-    """The ``image`` task, when stack.yaml has an image section."""
+    """The ``image`` task (one that says there is nothing to build when
+    stack.yaml has no image section: plain doit does not run it then)."""
     img = ws.stack.image
     if img is None:
+        yield _no_image(ws, TASK)
         return
     needs = [t for name in img.needs for t in installs_of(ws, name)]
     built = {k: ws.stamps.produced(TASK, k) for k in ("kernel", "initrd")}
@@ -278,10 +280,20 @@ def tasks(ws: Workspace):
     }
 
 
+def _no_image(ws: Workspace, name: str) -> dict:
+    def fail():
+        raise StackError("stack.yaml has no 'image' section: there is no guest image",
+                         hint="add one ('image: {}' builds mbuto's kata image from the host's "
+                              "kernel)")
+    return {"basename": name, "doc": f"{name} (stack.yaml has no 'image' section)",
+            "actions": [step(ws, name, fail)]}
+
+
 def boot_tasks(ws: Workspace, accel=None, timeout=None):
     """``image_boot``: boot the image under QEMU with a stand-in agent."""
     choice = str(accel or "auto")
     if ws.stack.image is None:
+        yield _no_image(ws, BOOT)
         return
     yield {
         "basename": BOOT,

@@ -1,0 +1,127 @@
+"""status: one line per component (and part) and what a plain doit would run.
+
+Read-only (the loader runs a command line naming only status, graph, show
+or try without the lock, the database or any write): the verdicts come from
+``tasks/plan.py``, which asks every task's own up-to-date check and makes a
+task whose dependency will run stale too, so the list below the lines is
+what a plain ``doit`` runs, downstream tasks included.
+"""
+
+from __future__ import annotations
+
+from .. import loader, plan, state
+from ..action import Report, task_id
+from ..errors import StackError
+from ..workspace import Workspace
+
+
+def _short(commit: str | None) -> str:
+    return commit[:12] if commit else "(not resolved)"
+
+
+def _verdict(tid: str) -> tuple[bool, str] | None:
+    return plan.planner().verdict(tid) if tid in state.CHECKS else None
+
+
+def _first(tids) -> str:
+    for tid in tids:
+        v = _verdict(tid)
+        if v and v[0]:
+            return f"stale: {v[1]}"
+    return "up to date"
+
+
+def _done(ws: Workspace, tid: str, what: str) -> str:
+    stamp = ws.stamps.read(tid)
+    if not stamp:
+        return f"not {what}"
+    return f"{what} (from cache)" if stamp.get("from_cache") else what
+
+
+def lines(ws: Workspace) -> list[str]:
+    rows = []
+    for c in ws.stack.components.values():
+        fetch, patch = task_id("fetch", c.name), task_id("patch", c.name)
+        for tid in (fetch, patch):
+            _verdict(tid)
+        commit = ws.lockfile.commit_for(c.name, c.git, c.ref)
+        if not commit:
+            was = (ws.stamps.read(fetch) or {}).get("key", {}).get("commit")
+            shown = "(not resolved" + (f"; was {was[:12]})" if was else ")")
+        else:
+            shown = _short(commit)
+        npatch = len(c.patches)
+        if npatch:
+            pv = _verdict(patch)
+            applied = ws.stamps.read(patch) is not None and pv is not None and not pv[0]
+            patches = f"{npatch} patch(es) " + ("applied" if applied else "not applied")
+        else:
+            patches = "no patches"
+        parted = any(p.name for p in c.parts)
+        builds = [task_id("build", p.id) for p in c.parts]
+        for tid in builds:
+            _verdict(tid)
+        edits = None
+        for tid in builds:
+            check = state.CHECKS.get(tid)
+            if check is not None and check.compared is None:
+                state.own_verdict(check, check.task)  # its key names the edits
+            edits = plan.edits_of(check)
+            if edits is not None:
+                edits = [e for e in edits if e not in ws.outputs(c.name)]
+                break
+        if edits is None and ws.checkout(c.name).is_dir():
+            try:
+                found = ws.source_state(c.name)["edits"]
+                edits = [e for e in found if e not in ws.outputs(c.name)]
+            except StackError:
+                pass
+        nedits = "edits: ?" if edits is None else f"{len(edits)} local edit(s)"
+        head = [c.name, f"{c.ref} @ {shown}", patches, nedits]
+        own = [fetch, patch]
+        if not parted:
+            part = c.parts[0]
+            b, i = task_id("build", part.id), task_id("install", part.id)
+            head.append(f"{_done(ws, b, 'built')}, {_done(ws, i, 'installed')}")
+            own += [b, i]
+        else:
+            head.append("")
+        rows.append((head, _first(own)))
+        if parted:
+            for part in c.parts:
+                b, i = task_id("build", part.id), task_id("install", part.id)
+                rows.append(([f"  {part.id}", "", "", "",
+                              f"{_done(ws, b, 'built')}, {_done(ws, i, 'installed')}"],
+                             _first([b, i])))
+    widths = [max(len(r[0][n]) for r in rows) for n in range(5)] if rows else []
+    out = []
+    for cells, why in rows:
+        text = "  ".join(cell.ljust(widths[n]) for n, cell in enumerate(cells))
+        out.append(f"{text}  {why}".rstrip())
+    return out
+
+
+def report(ws: Workspace) -> str:
+    out = lines(ws)
+    todo = plan.would_run(default_groups())
+    out.append("")
+    if not todo:
+        out.append("a plain doit would run nothing: everything is up to date")
+    else:
+        out.append(f"a plain doit would run {len(todo)} task(s), in this order:")
+        width = max(len(t) for t, _ in todo)
+        out += [f"  {t.ljust(width)}  {why}" for t, why in todo]
+    return "\n".join(out)
+
+
+def default_groups() -> list[str]:
+    return plan.default_groups(loader.DEFAULT_TASKS)
+
+
+def task(ws: Workspace) -> dict:
+    return {
+        "doc": "say, per component, its ref, commit, patches, edits and whether it is built "
+               "and installed, and which tasks a plain doit would run and why (writes "
+               "nothing; reruns every time)",
+        "actions": [Report(lambda: report(ws))],
+    }
