@@ -2,6 +2,8 @@
 # Set up (once: .venv with the test dependencies) and run the checks:
 # ruff, then the test suite.  ./test.sh [--all] [pytest arguments...]
 # The kill -9 trials (marked slow) run only with --all, as .ci/run does.
+# Tests run in one worker per CPU (pytest-xdist); pass -n 0 to run them in
+# this process.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${KPS_VENV:-$here/.venv}"
@@ -18,4 +20,4 @@ if [ "${1:-}" = "--all" ]; then
     tier=()
     shift
 fi
-exec "$venv/bin/python" -m pytest "${tier[@]}" "$@"
+exec "$venv/bin/python" -m pytest -n auto "${tier[@]}" "$@"

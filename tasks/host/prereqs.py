@@ -118,7 +118,7 @@ CATALOG: dict[str, Prereq] = {p.id: p for p in (
     _tool("xz", "image compression lzma", version=(), apt="xz-utils"),
     _tool("lzop", "image compression lzo", version=()),
     # -- installing -----------------------------------------------------------------
-    _tool("sudo", "install commands when not root and installing into the live system",
+    _tool("sudo", "the merge of installs when not root and installing into the live system",
           version=()),
     # -- running pods ----------------------------------------------------------------
     _tool("runc", "CRI-O's default runtime: crio will not start without it", run=True),

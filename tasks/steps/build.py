@@ -13,6 +13,7 @@ import re
 from ..action import Done, installs_of, step, task_id
 from ..checkout import SourceCheck, content_of, installed_of, run_commands
 from ..errors import StackError
+from ..host import buildcache
 from ..model import Part
 from ..workspace import Workspace
 
@@ -57,6 +58,14 @@ class BuildCheck(SourceCheck):
         return build_key(self.ws, self.part)
 
     def missing(self) -> str | None:
+        if self.ws.stamps.produced(self.task_id, "from_cache"):
+            # a cache hit built no artifact: the pulled tree is what counts
+            if not buildcache.kept(self.ws, self.part).is_dir():
+                return "the tree pulled from the build cache is missing"
+            pulled = self.ws.stamps.produced(self.task_id, "cache_key") or {}
+            if pulled.get("install") != buildcache.install_inputs(self.ws, self.part):
+                return "the install changed since its tree was pulled from the build cache"
+            return None
         root = self.ws.checkout(self.part.component)
         for artifact in self.part.artifacts:
             if not (root / artifact).exists():
@@ -68,6 +77,13 @@ def _build(ws: Workspace, part: Part) -> dict:
     tid = task_id("build", part.id)
     key = build_key(ws, part, fresh=True)
     content = content_of(ws, part.component, key["source"])
+    cache_key, why = buildcache.key_for(ws, part, content)
+    if why:
+        buildcache.note(ws, tid, f"{tid}: not cached: {why}")
+    if cache_key:
+        hit = buildcache.fetch(ws, part, cache_key)
+        if hit:
+            return Done(key, {"content": content, "cache_key": cache_key, "from_cache": hit})
     # The key's fresh scan is the state before the build: no second scan.
     run_commands(ws, part, part.build, tid, before=key["source"]["edits"])
     root = ws.checkout(part.component)
@@ -77,7 +93,7 @@ def _build(ws: Workspace, part: Part) -> dict:
             f"the build finished but did not produce: {', '.join(missing)}",
             hint="check 'artifacts' in stack.yaml against what the build writes "
                  f"(log: {ws.log(tid)})")
-    return Done(key, {"content": content})
+    return Done(key, {"content": content, **({"cache_key": cache_key} if cache_key else {})})
 
 
 def build_tasks(ws: Workspace):

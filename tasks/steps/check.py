@@ -35,9 +35,9 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..action import step, task_id
+from ..action import Done, step, task_id
 from ..errors import StackError
-from ..host import prereqs, probe, runtime
+from ..host import podhints, prereqs, probe, runtime
 from ..host.prereqs import CATALOG, Prereq, Range
 from ..host.probe import Found
 from ..run import is_root, say
@@ -46,6 +46,7 @@ from ..workspace import Workspace
 
 TASK = task_id("check")
 POD_NEEDS = ("runc", "conmon", "kvm", "vhost-vsock", "virtiofsd")
+PLAIN_POD_NEEDS = ("runc", "conmon")  # a runc or crun pod: no VM
 IMAGE_TOOLS = ("cpio", "kmod", "file", "bc", "make", "wget", "strip", "which")
 COMPRESSORS = {"gzip": "gzip", "lz4": "lz4", "lzma": "xz", "lzo": "lzop"}
 MUST_NOT = "PRESENT-BUT-MUST-NOT-BE"
@@ -109,6 +110,55 @@ class Result:
 # Which requirements apply
 
 
+@dataclass(frozen=True)
+class Scope:
+    parts: frozenset[str] | None  # the parts whose requirements count (None: all)
+    image: bool  # whether mbuto's tools count
+
+
+def in_scope(ws: Workspace) -> Scope:
+    """What the requested tasks will run: plain doit (or check, run_pod, a
+    whole group) checks everything; named tasks check only the parts they
+    and what they need will build, so a missing Rust does not stop
+    ``doit install:passt``."""
+    stack, parts, image = ws.stack, set(), False
+
+    def need(spec: str) -> None:
+        for part in ws.parts_of(spec):
+            if part.id not in parts:
+                parts.add(part.id)
+                for other in ws.component(part.component).needs:
+                    need(other)
+
+    def need_image() -> None:
+        nonlocal image
+        image = True
+        for spec in stack.image.needs if stack.image else ():
+            need(spec)
+
+    for name in ws.requested:
+        kind, _, what = name.partition(":")
+        if name in ("image", "image_boot"):
+            need_image()
+        elif kind in ("fetch", "patch", "update", "reset", "stop_pod"):
+            continue  # git, or nothing to build
+        elif kind in ("build", "install") and what.partition("/")[0] in stack.components:
+            need(what)
+        elif kind == "config" and what in stack.configs:
+            for spec in stack.configs[what].needs:
+                if spec == "image":
+                    need_image()
+                else:
+                    need(spec)
+        elif name == "run_pod" and stack.pod and \
+                not podhints.is_vm_runtime(stack, stack.pod.runtime):
+            for part in podhints.crio_side_parts(stack):  # runc, crun: the CRI-O side
+                need(part.id)
+        else:  # check, a Kata run_pod, a whole group (build, install...): everything
+            return Scope(None, True)
+    return Scope(frozenset(parts), image) if ws.requested else Scope(None, True)
+
+
 def image_needs(image, euid: int) -> list[str]:
     needs = list(IMAGE_TOOLS)
     needs.append("fakeroot" if euid != 0 else "!archivemount")
@@ -140,16 +190,20 @@ def collect(ws: Workspace, euid: int | None = None,
             slot["why"].append(why)
         slot["required"] = slot["required"] or (required and not p.run)
 
+    scope = in_scope(ws)
     add("git", "fetch", True)
     for c in stack.components.values():
         for part in c.parts:
+            if scope.parts is not None and part.id not in scope.parts:
+                continue
             for entry in part.requires:
                 add(entry, part.id, True, part.env)
-    if stack.image is not None:
+    if stack.image is not None and scope.image:
         for entry in image_needs(stack.image, euid):
             add(entry, f"image ({stack.image.builder})", True)
     if stack.pod is not None:
-        for entry in POD_NEEDS:
+        vm = podhints.is_vm_runtime(stack, stack.pod.runtime)
+        for entry in POD_NEEDS if vm else PLAIN_POD_NEEDS:
             add(entry, "pod", False)
     if needs_sudo:
         add("sudo", "install", True)
@@ -219,6 +273,13 @@ class PrereqCheck(Check):
     def __call__(self, task=None, values=None) -> bool:
         self._compared = None
         ok = super().__call__(task, values)
+        if ok and TASK in self.ws.requested:  # named: its report even when up to date
+            try:
+                say(self.ws.log(TASK).read_text().rstrip("\n") + "\n(up to date: nothing it "
+                    "looks at changed since this report)")
+            except OSError:
+                self.reason = "named on the command line, and its last report is gone"
+                return False
         if not ok and self._compared:
             self.reason = "; ".join(_changes(*self._compared)) or self.reason
         return ok
@@ -375,7 +436,7 @@ def failure(failed: list[Result]) -> StackError:
     return StackError("\n".join(lines), hint=hint)
 
 
-def _check(ws: Workspace) -> dict:
+def _check(ws: Workspace) -> Done:
     started = time.monotonic()
     items = snapshot(ws)
     key = make_key(items)
@@ -388,7 +449,14 @@ def _check(ws: Workspace) -> dict:
     failed = [r for r in results if r.problem and r.need.required]
     if failed:
         raise failure(failed)
-    return key
+    # What each part's requirements were found at, for the build cache's key.
+    probes, versions = probe_versions(ws, items), {}  # probes: cached by now
+    for r in results:
+        probed = probes.get(r.item.probe_key) or {} if r.item.probe_key else {}
+        version = (r.item.found.version if r.item.found else None) or probed.get("version")
+        for who in r.need.why:
+            versions.setdefault(who, {})[r.need.label] = version or "present"
+    return Done(key, {"versions": versions})
 
 
 def task(ws: Workspace) -> dict:

@@ -1,0 +1,292 @@
+"""The shared build cache (``settings.cache``), between the build and install
+steps and the registry client (``oci``).
+
+A part's cache key (``key_for``) is a content hash of everything that
+decides its staged install tree: the checkout's content, the build and
+install commands, env, the settings the commands name, the staged trees of
+what it ``needs`` (their ``tree`` digests, not paths), the prefix, the
+platform (``/etc/os-release`` ID and VERSION_ID, the machine) and the
+versions ``check`` found for the part's requirements.  Never a path of this
+machine (workdir, checkout, destdir, stage): two machines with other paths
+share entries.  A part whose build commands name ``$DESTDIR`` or ``$SRC``
+(its install commands: ``$SRC``), or whose env holds the workdir or
+destdir, is not cached.
+
+``fetch`` (build:PART) pulls a hit, verified blob by blob, into
+``<workdir>/cache/PART``; ``restore`` (install:PART) copies it into the
+stage after checking it against the digest recorded when it was pulled;
+``share`` pushes a locally staged tree when ``push: true``.  A cache
+problem never fails a run: an unreachable registry gives one warning per
+run and the run stops asking; a refused artifact gives a warning naming the
+part and the digest; both then build locally.  Nothing here starts a
+process, and no message holds a credential (``oci`` redacts its own).
+"""
+
+from __future__ import annotations
+
+import os
+import platform as _platform
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from .. import git
+from ..action import task_id
+from ..errors import StackError
+from ..journal import scan
+from ..model import Part
+from ..run import say
+from ..state import digest
+from ..workspace import Workspace
+from . import oci
+
+FORMAT = 1
+_NAMES_RE = re.compile(r"\$(?:\{(DESTDIR|SRC)\}|(DESTDIR|SRC)\b)")
+_PREFIX_RE = re.compile(r"\$(?:\{PREFIX\}|PREFIX\b)")
+
+_lock = threading.Lock()
+_state: dict = {"registry": None, "off": False, "url": None}
+
+
+def reset() -> None:
+    """Forget this run's registry (tests, or a new run in one process)."""
+    with _lock:
+        _state.update(registry=None, off=False, url=None)
+
+
+def note(ws: Workspace, tid: str | None, message: str) -> None:
+    """Say it, and keep it in the task's log (``--reporter json`` has both)."""
+    say(message)
+    if tid:
+        try:
+            log = ws.log(tid)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a") as f:
+                f.write(message + "\n")
+        except OSError:
+            pass  # only a log
+
+
+def warn(message: str, ws: Workspace | None = None, tid: str | None = None) -> None:
+    if ws is None:
+        say(f"warning: {message}")
+    else:
+        note(ws, tid, f"warning: {message}")
+
+
+def registry(ws: Workspace) -> oci.Registry | None:
+    """This run's registry client, or None when there is no cache or it was
+    found unreachable (said once)."""
+    cache = ws.settings.cache
+    if cache is None:
+        return None
+    with _lock:
+        if _state["url"] != cache.url:
+            _state.update(registry=None, off=False, url=cache.url)
+        if _state["off"]:
+            return None
+        if _state["registry"] is None:
+            try:
+                _state["registry"] = oci.Registry(cache.url, plain_http=cache.plain_http,
+                                                  timeout=3)
+            except oci.CacheError as err:
+                _state["off"] = True
+                warn(f"the build cache {cache.url} cannot be used: {err.message}; "
+                     "building locally")
+                return None
+        return _state["registry"]
+
+
+def _unreachable(ws: Workspace, err: oci.CacheError, tid: str) -> None:
+    with _lock:
+        if _state["off"]:
+            return
+        _state["off"] = True
+    warn(f"the build cache {ws.settings.cache.url} is unreachable: {err.message}; "
+         "building locally", ws, tid)
+
+
+def platform_of() -> dict[str, str]:
+    """``/etc/os-release`` ID and VERSION_ID, and the machine."""
+    out = {"id": "unknown", "version_id": ""}
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        name, _, value = line.partition("=")
+        if name in ("ID", "VERSION_ID"):
+            out[name.lower()] = value.strip().strip('"\'')
+    out["machine"] = _platform.machine()
+    return out
+
+
+def not_cached(ws: Workspace, part: Part) -> str | None:
+    """Why a part's tree cannot be shared between machines, or None."""
+    # In a build, $DESTDIR is destdir and $SRC the checkout: paths of this
+    # machine that the output may hold.  In an install, $DESTDIR is the
+    # stage, where the tree is made: only $SRC counts there.
+    for commands, kind, names in ((part.build, "build", ("DESTDIR", "SRC")),
+                                  (part.install, "install", ("SRC",))):
+        for command in commands:
+            for m in _NAMES_RE.finditer(command):
+                if (m.group(1) or m.group(2)) in names:
+                    return f"its {kind} commands name ${m.group(1) or m.group(2)}"
+    paths = [str(ws.settings.workdir)] + ([ws.settings.destdir] if ws.settings.destdir else [])
+    for name, value in part.env:
+        if any(p in value for p in paths):
+            return f"its env {name} holds a path of this machine"
+    return None
+
+
+def key_for(ws: Workspace, part: Part, content: dict) -> tuple[dict | None, str | None]:
+    """``(key, None)``, or ``(None, why it is not cached)``; ``(None, None)``
+    when there is no cache.  ``content``: the checkout's content (tree.content)."""
+    if ws.settings.cache is None:
+        return None, None
+    why = not_cached(ws, part)
+    if why:
+        return None, why
+    needs = {}
+    for other in ws.component(part.component).needs:
+        for p in ws.parts_of(other):
+            tree = ws.stamps.produced(task_id("install", p.id), "tree")
+            if tree is None:
+                return None, f"{p.id} was installed without a tree digest"
+            needs[p.id] = tree
+    toolchains = {}
+    if part.requires:
+        versions = ws.stamps.produced(task_id("check"), "versions")
+        if versions is None or part.id not in versions:
+            return None, "check recorded no toolchain versions for it"
+        toolchains = versions[part.id]
+    names = {"PREFIX": ws.settings.prefix} if any(
+        _PREFIX_RE.search(c) for c in part.build + part.install) else {}
+    return {
+        "format": FORMAT,
+        "part": part.id,
+        "build": {"content": content, "commands": list(part.build), "env": dict(part.env),
+                  "settings": names, "needs": needs},
+        "install": install_inputs(ws, part),
+        "platform": platform_of(),
+        "toolchains": toolchains,
+    }, None
+
+
+def install_inputs(ws: Workspace, part: Part) -> dict:
+    return {"commands": list(part.install), "prefix": ws.settings.prefix,
+            "installs": list(part.installs)}
+
+
+def tree_digest(stage: Path) -> str:
+    """A staged tree's content (type, mode, sha256 or link target per
+    relative path): the same on every machine."""
+    return digest(scan(stage, ""))
+
+
+def kept(ws: Workspace, part: Part) -> Path:
+    """Where a pulled tree waits for its install."""
+    return ws.workdir / "cache" / part.id.replace("/", "@")
+
+
+def _where(ws: Workspace, repo: str, tag: str) -> str:
+    host, _ = oci.parse_url(ws.settings.cache.url)
+    return f"oci://{host}/{repo}:{tag[:12]}"
+
+
+def fetch(ws: Workspace, part: Part, key: dict) -> dict | None:
+    """A hit's record (the tree is in ``kept()``, verified), or None: build locally."""
+    reg = registry(ws)
+    if reg is None:
+        return None
+    tid, tag = task_id("build", part.id), oci.tag_for(key)
+    started = time.monotonic()
+    try:
+        repo = reg.repo(part.component)
+        manifest = reg.exists(repo, tag)
+        if manifest is None:
+            return None
+        dest = kept(ws, part)
+        tmp = dest.with_name(dest.name + ".new")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            reg.pull(repo, tag, tmp, digest=manifest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        os.rename(tmp, dest)
+    except oci.CacheUnreachable as err:
+        _unreachable(ws, err, tid)
+        return None
+    except oci.CacheCorrupt as err:
+        warn(f"{tid}: build cache artifact {repo}:{tag} refused: {err.message}; "
+             "building locally", ws, tid)
+        return None
+    except oci.CacheError as err:
+        warn(f"{tid}: build cache: {err.message}; building locally", ws, tid)
+        return None
+    size = sum(e.get("size", 0) for e in scan(dest, "").values())
+    note(ws, tid, f"{tid}: from cache {_where(ws, repo, tag)} ({size / 1e6:.1f} MB, "
+                  f"{time.monotonic() - started:.1f} s)")
+    return {"url": ws.settings.cache.url, "repo": repo, "tag": tag, "manifest": manifest,
+            "tree": tree_digest(dest)}
+
+
+def restore(ws: Workspace, part: Part, record: dict, stage: Path) -> None:
+    """Copy a pulled tree into the (fresh) stage, checked against the digest
+    taken when it was pulled; a tree changed since is refused."""
+    tid = task_id("install", part.id)
+    src = kept(ws, part)
+    if src.is_dir():
+        shutil.rmtree(stage)
+        shutil.copytree(src, stage, symlinks=True)
+        if tree_digest(stage) == record["tree"]:
+            note(ws, tid, f"{tid}: from cache {record['repo']}:{record['tag'][:12]} "
+                          f"({record['manifest']})")
+            return
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    shutil.rmtree(src, ignore_errors=True)
+    ws.stamps.clear(task_id("build", part.id))
+    raise StackError(f"{tid}: the tree pulled from the build cache ({record['manifest']}) "
+                     f"changed on disk since it was pulled: refused, nothing was merged",
+                     hint="run doit again: the tree is then pulled again (verified) "
+                          "or the part built locally")
+
+
+def share(ws: Workspace, part: Part, key: dict, stage: Path) -> None:
+    """Push a locally staged tree when ``push: true``; a failure is a warning."""
+    cache = ws.settings.cache
+    if cache is None or not cache.push:
+        return
+    reg = registry(ws)
+    if reg is None:
+        return
+    tid, tag = task_id("install", part.id), oci.tag_for(key)
+    c = ws.component(part.component)
+    plat = key["platform"]
+    summary = {
+        "platform": "-".join(x for x in (plat["id"], plat["version_id"], plat["machine"]) if x),
+        "toolchains": ", ".join(f"{k} {v}" for k, v in sorted(key["toolchains"].items())),
+        "key": tag,
+    }
+    source = "" if os.path.isabs(c.git) else c.git  # a path of this machine is no source
+    commit = git.head(ws.checkout(part.component)) or ""
+    try:
+        repo = reg.repo(part.component)
+        if reg.exists(repo, tag):
+            note(ws, tid, f"{tid}: already in the cache ({_where(ws, repo, tag)})")
+            return
+        before = reg.uploaded
+        reg.push(repo, tag, stage, {"key": key},
+                 oci.annotations_for(part.component, part.id, c.ref, commit, source, summary))
+        note(ws, tid, f"{tid}: pushed to {_where(ws, repo, tag)} "
+                      f"({reg.uploaded - before} blob(s))")
+    except oci.CacheUnreachable as err:
+        _unreachable(ws, err, tid)
+    except oci.CacheError as err:
+        warn(f"{tid}: build cache: could not push: {err.message}", ws, tid)
