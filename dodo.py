@@ -18,23 +18,30 @@ WS = loader.workspace(get_var("stack"), Path(__file__).parent)
 
 
 def task_fetch():
-    """Fetch each component's pinned ref into <workdir>/src/NAME."""
+    """Fetch refs into <workdir>/src/NAME; reruns when git, ref, depth or the lock change."""
     yield from fetch.tasks(WS)
 
 
 def task_patch():
-    """Check out the pinned commit and apply the component's patches."""
+    """Check out the pinned commit + patches; reruns when the base or a patch changes."""
     yield from patch.tasks(WS)
 
 
 def task_build():
-    """Build each component (or part) from its checkout."""
+    """Build from the checkout; reruns on edits, new commands or env, a changed need."""
     yield from build.build_tasks(WS)
 
 
 def task_install():
-    """Install each component (or part) into destdir or the live system."""
+    """Install (destdir or live); reruns when artifacts, commands or paths change."""
     yield from install.install_tasks(WS)
+
+
+def task_uninstall():
+    """Remove what installs wrote (uninstall:NAME[/PART]; no name: every component)."""
+    from tasks.steps import uninstall
+
+    yield from uninstall.tasks(WS)
 
 
 def task_update():
@@ -75,6 +82,34 @@ def task_run_pod():
 def task_stop_pod():
     """Remove the example pod; stop CRI-O if run_pod started it."""
     return pod.stop_task(WS)
+
+
+def task_status():
+    """Per component: ref, commit, patches, edits, built, installed; what plain doit would run."""
+    from tasks.steps import status
+
+    return status.task(WS)
+
+
+def task_graph():
+    """Write the task graph (graph.dot, .mmd, .svg) under the workdir, stale tasks filled."""
+    from tasks.steps import graph
+
+    return graph.task(WS)
+
+
+def task_show():
+    """show:NAME: print a component as resolved (commit, patches, commands expanded, paths)."""
+    from tasks.steps import show
+
+    yield from show.tasks(WS)
+
+
+def task_try():
+    """try:NAME ref=REF: try the patch series on another version, in a scratch clone."""
+    from tasks.steps import trial
+
+    yield from trial.tasks(WS, get_var("ref"))
 
 
 DOIT_CONFIG = loader.doit_config(WS, globals())
