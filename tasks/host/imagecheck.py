@@ -17,8 +17,6 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from elftools.elf.elffile import ELFFile
-
 from .initramfs import Entry, Image
 
 AGENT = "/usr/bin/kata-agent"
@@ -228,6 +226,8 @@ def _claimed_type(data: bytes) -> int | None:
 
 
 def _read_elf(data: bytes) -> _Elf:
+    from elftools.elf.elffile import ELFFile  # only when an image is checked
+
     elf = ELFFile(io.BytesIO(data))
     interp, needed, paths = None, [], {}
     for segment in elf.iter_segments():

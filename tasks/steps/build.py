@@ -13,9 +13,16 @@ import re
 from ..action import Done, installs_of, step, task_id
 from ..checkout import SourceCheck, content_of, installed_of, run_commands
 from ..errors import StackError
-from ..host import buildcache
 from ..model import Part
 from ..workspace import Workspace
+
+
+def _cache():
+    """The build cache (host/buildcache.py), imported when a build or
+    install runs: its registry client costs a no-op ~15 ms to import."""
+    from ..host import buildcache
+
+    return buildcache
 
 _VAR_RE = re.compile(r"\$(?:\{(PREFIX|DESTDIR)\}|(PREFIX|DESTDIR)\b)")
 
@@ -60,10 +67,10 @@ class BuildCheck(SourceCheck):
     def missing(self) -> str | None:
         if self.ws.stamps.produced(self.task_id, "from_cache"):
             # a cache hit built no artifact: the pulled tree is what counts
-            if not buildcache.kept(self.ws, self.part).is_dir():
+            if not _cache().kept(self.ws, self.part).is_dir():
                 return "the tree pulled from the build cache is missing"
             pulled = self.ws.stamps.produced(self.task_id, "cache_key") or {}
-            if pulled.get("install") != buildcache.install_inputs(self.ws, self.part):
+            if pulled.get("install") != _cache().install_inputs(self.ws, self.part):
                 return "the install changed since its tree was pulled from the build cache"
             return None
         root = self.ws.checkout(self.part.component)
@@ -77,11 +84,11 @@ def _build(ws: Workspace, part: Part) -> dict:
     tid = task_id("build", part.id)
     key = build_key(ws, part, fresh=True)
     content = content_of(ws, part.component, key["source"])
-    cache_key, why = buildcache.key_for(ws, part, content)
+    cache_key, why = _cache().key_for(ws, part, content)
     if why:
-        buildcache.note(ws, tid, f"{tid}: not cached: {why}")
+        _cache().note(ws, tid, f"{tid}: not cached: {why}")
     if cache_key:
-        hit = buildcache.fetch(ws, part, cache_key)
+        hit = _cache().fetch(ws, part, cache_key)
         if hit:
             return Done(key, {"content": content, "cache_key": cache_key, "from_cache": hit})
     # The key's fresh scan is the state before the build: no second scan.

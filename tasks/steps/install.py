@@ -25,11 +25,18 @@ from .. import manifest
 from ..action import Done, Notice, step, task_id
 from ..checkout import recording_outputs
 from ..errors import StackError
-from ..host import buildcache
 from ..model import Part
 from ..run import run
 from ..state import Check, digest
 from ..workspace import Workspace
+
+
+def _cache():
+    """The build cache (host/buildcache.py), imported when a build or
+    install runs: its registry client costs a no-op ~15 ms to import."""
+    from ..host import buildcache
+
+    return buildcache
 
 
 def _hit(ws: Workspace, part: Part) -> dict | None:
@@ -89,7 +96,7 @@ def _install(ws: Workspace, part: Part) -> Done:
     env = {**ws.env(part), "DESTDIR": str(stage)}
     hit = _hit(ws, part)
     if hit:
-        buildcache.restore(ws, part, hit, stage)
+        _cache().restore(ws, part, hit, stage)
     elif part.install:
         with recording_outputs(ws, part.component):
             for command in part.install:
@@ -107,12 +114,12 @@ def _install(ws: Workspace, part: Part) -> Done:
     cache.save()
     produced = {"installed": digest([installed, key["artifacts"]])}
     if ws.settings.cache:  # the staged tree's digest: what the parts that need it key on
-        produced["tree"] = buildcache.tree_digest(stage)
+        produced["tree"] = _cache().tree_digest(stage)
         content = ws.stamps.produced(task_id("build", part.id), "content")
         if content and not hit and ws.settings.cache.push:
-            cache_key, _ = buildcache.key_for(ws, part, content)  # today's install commands
+            cache_key, _ = _cache().key_for(ws, part, content)  # today's install commands
             if cache_key:
-                buildcache.share(ws, part, cache_key, stage)
+                _cache().share(ws, part, cache_key, stage)
     if hit:
         produced["from_cache"] = hit["manifest"]
     manifest.merge(ws, part.id, stage, tid)
