@@ -9,6 +9,7 @@ test's ``tmp_path``; installs are staged under ``tmp_path/stage``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -27,6 +28,21 @@ GIT_ID = {
     "GIT_COMMITTER_NAME": "Fixture Author",
     "GIT_COMMITTER_EMAIL": "fixture@example.org",
 }
+
+
+@contextlib.contextmanager
+def isolated_git_env(root: Path):
+    """What _isolated_env gives each test, for fixtures made once per module
+    (before any test's own isolation exists): a HOME under ``root``, no
+    system gitconfig, a fixed identity, ``root`` as the working folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        (root / "home").mkdir(exist_ok=True)
+        mp.setenv("HOME", str(root / "home"))
+        mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
+        for key, value in GIT_ID.items():
+            mp.setenv(key, value)
+        mp.chdir(root)
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -256,6 +272,16 @@ class Project:
                 f"--- stdout\n{res.out}\n--- stderr\n{res.err}")
         return res
 
+
+ALPHA = """\
+alpha:
+  git: {alpha}
+  ref: v1
+  build: make
+  artifacts: [bin/alpha]
+  install: make install
+  installs: [$PREFIX/bin/alpha]
+"""
 
 ALPHA_BETA = """\
 alpha:

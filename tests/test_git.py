@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import GIT_ID, commit_all, git, git_init, write
+from conftest import commit_all, git, git_init, isolated_git_env, write
 
 from tasks import git as g
 from tasks.errors import CommandFailed, DirtyCheckout, GitError, PatchFailed
@@ -56,13 +56,7 @@ def templates(tmp_path_factory) -> Path:
     """The repositories, made once per module (as conftest's _isolated_env
     would, which is not there yet at module scope); tests get copies."""
     root = tmp_path_factory.mktemp("git-templates")
-    with pytest.MonkeyPatch.context() as mp:
-        (root / "home").mkdir()
-        mp.setenv("HOME", str(root / "home"))
-        mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
-        for key, value in GIT_ID.items():
-            mp.setenv(key, value)
-        mp.chdir(root)
+    with isolated_git_env(root):
         make_upstream(root / "upstream")
         clone, log = root / "src/up", root / "fetch.log"
         g.ensure_repo(clone, str(root / "upstream"), log, "")

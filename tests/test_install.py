@@ -21,18 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Project, commit_all, git_init, write
-
-ALPHA = """\
-alpha:
-  git: {alpha}
-  ref: v1
-  build: make
-  artifacts: [bin/alpha]
-  install: make install
-  installs: [$PREFIX/bin/alpha]
-"""
-
+from conftest import ALPHA, Project, commit_all, git_init, write
 
 
 def tree_component(name: str, repo: Path, installs: list[str], artifact: str | None = None,

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ALPHA
 
 from tasks.errors import StackError
 from tasks.host.crictl import Shell
@@ -38,15 +39,6 @@ shared_fs = "virtio-fs"
 virtio_fs_daemon = "/usr/libexec/virtiofsd"
 """
 
-ALPHA = """\
-alpha:
-  git: {alpha}
-  ref: v1
-  build: make
-  artifacts: [bin/alpha]
-  install: make install
-  installs: [$PREFIX/bin/alpha]
-"""
 
 
 def alive(pid: int) -> bool:

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import GIT_ID, commit_all, git, git_init, write
+from conftest import commit_all, git, git_init, isolated_git_env, write
 
 from tasks import tree
 from tasks.errors import StackError
@@ -24,12 +24,7 @@ def template(tmp_path_factory) -> Path:
     """A checkout with a submodule, made once per module (with the isolation
     conftest's _isolated_env gives each test); tests get copies."""
     root = tmp_path_factory.mktemp("tree-template")
-    with pytest.MonkeyPatch.context() as mp:
-        (root / "home").mkdir()
-        mp.setenv("HOME", str(root / "home"))
-        mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
-        for key, value in GIT_ID.items():
-            mp.setenv(key, value)
+    with isolated_git_env(root):
         sub, repo = root / "sublib", root / "repo"
         git_init(sub)
         write(sub / "lib.txt", "lib\n")
