@@ -6,21 +6,25 @@ workdir and destdir (another tmp subfolder), so nothing but the registry
 joins them.  Machine A builds and pushes; a fresh machine B builds nothing
 and installs the same bytes; an edit on B builds locally; an unreachable
 registry, a tampered layer, a tree changed on disk after its pull, push:
-false, credentials, and a bad cache url.
+false, credentials, and a bad cache url.  A build whose output holds one of
+A's paths (checkout, workdir, stage; text, binary, link target, realpath)
+is not pushed: B builds it itself.
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import os
 import re
 import stat
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ALPHA_BETA, Project, Upstreams, commit_all, git, git_init, write
+from conftest import ALPHA, ALPHA_BETA, Project, Upstreams, commit_all, git, git_init, write
 from registry import LocalRegistry, available, htpasswd_available
 
 pytestmark = pytest.mark.skipif(not available(), reason="docker-registry is not installed "
@@ -341,3 +345,118 @@ def test_check_records_the_versions_of_each_parts_requirements(tmp_path, up):
     stamp = json.loads((m.workdir / "state/stamps/check.json").read_text())
     version = stamp["versions"]["alpha"]["make"]
     assert version[0].isdigit(), stamp["versions"]
+
+
+HERE = """\
+here:
+  git: {here}
+  ref: v1
+  build: sh build.sh
+  artifacts: [out/where]
+  install: mkdir -p "$DESTDIR$PREFIX/share/here" && cp -a out/. "$DESTDIR$PREFIX/share/here/"
+  installs: [$PREFIX/share/here/where]
+"""
+
+
+def here_machine(root: Path, up: Upstreams, build: str, settings: str) -> Project:
+    """A machine with alpha (clean) and ``here``, whose build is ``build``
+    (run in its checkout; it writes out/where and maybe more under out/)."""
+    repo = up.root / "here"
+    if not repo.exists():
+        git_init(repo)
+        write(repo / "build.sh", "set -e\nmkdir -p out\n" + build)
+        write(repo / ".gitignore", "/out/\n")
+        commit_all(repo, "here v1", tag="v1")
+    root.mkdir(parents=True, exist_ok=True)
+    m = Project(root)
+    m.up = up
+    m.write_stack(ALPHA.format(alpha=up.alpha()) + HERE.format(here=repo), settings)
+    return m
+
+
+def tags_of(reg: LocalRegistry, repo: str) -> list[str]:
+    """The repository's tags, through the registry's API (none: unknown)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://{reg.host}/v2/{repo}/tags/list", timeout=5) as answer:
+            return json.load(answer).get("tags") or []
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return []
+        raise
+
+
+def pushed_bytes(reg: LocalRegistry) -> list[bytes]:
+    """Every blob as pushed, its layers unpacked."""
+    out = []
+    for blob in blobs(reg):
+        data = blob.read_bytes()
+        out.append(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
+    return out
+
+
+def not_pushed(res, file: str, path: Path | str, more: int = 0) -> str:
+    """The one warning line for ``here``, checked word for word."""
+    tail = f" (and {more} more file{'s' if more > 1 else ''})" if more else ""
+    expected = (f"warning: install:here: not pushed to the build cache: {file} holds this "
+                f"machine's path {path}{tail}")
+    assert warnings(res.text) == [expected], res.text
+    return expected
+
+
+def test_a_build_that_writes_its_checkout_path_is_not_pushed_and_b_builds_it(
+        tmp_path, up, registry):
+    a = here_machine(tmp_path / "a", up, 'echo "built in $(pwd)" > out/where\n',
+                     cache_setting(registry, push=True))
+    res = a.doit()
+    line = not_pushed(res, "usr/local/share/here/where", a.src("here"))
+    assert line in (a.workdir / "logs/install-here.log").read_text()
+    assert "install:alpha: pushed to" in res.text  # a clean part is still shared
+    assert "install:here: pushed" not in res.text
+    assert catalog(registry) == ["team/kps/alpha"]
+    assert tags_of(registry, "team/kps/here") == []
+    assert not any(str(a.root).encode() in data for data in pushed_bytes(registry))
+    # the install itself went on and merged
+    assert a.staged("/usr/local/share/here/where").read_text() == f"built in {a.src('here')}\n"
+
+    b = here_machine(tmp_path / "b", up, "", cache_setting(registry, push=False))
+    res = b.doit()
+    assert "build:alpha: from cache" in res.text and "install:alpha: from cache" in res.text
+    assert "build:here: from cache" not in res.text
+    assert b.staged("/usr/local/share/here/where").read_text() == f"built in {b.src('here')}\n"
+    assert warnings(res.text) == []
+
+
+def test_a_binary_holding_the_workdir_path_is_not_pushed(tmp_path, up, registry):
+    """NUL bytes around the path, which straddles the scan's 1 MiB chunks;
+    a second file holding it is counted."""
+    build = ("head -c 1048570 /dev/zero > out/where\n"
+             "printf '%s\\000\\377' \"$(cd ../.. && pwd)\" >> out/where\n"
+             "printf '\\177ELF\\000%s\\000' \"$(cd ../.. && pwd)\" > out/where2\n"
+             "printf 'clean\\000' > out/other\n")
+    a = here_machine(tmp_path / "a", up, build, cache_setting(registry, push=True))
+    res = a.doit()
+    not_pushed(res, "usr/local/share/here/where", a.workdir, more=1)
+    assert b"\0" in a.staged("/usr/local/share/here/where").read_bytes()
+    assert catalog(registry) == ["team/kps/alpha"]
+    assert tags_of(registry, "team/kps/here") == []
+
+
+def test_a_link_to_the_stage_is_not_pushed(tmp_path, up, registry):
+    build = 'echo clean > out/where\n'
+    a = here_machine(tmp_path / "a", up, build, cache_setting(registry, push=True))
+    a.edit_stack('"$DESTDIR$PREFIX/share/here/"',
+                 '"$DESTDIR$PREFIX/share/here/" && ln -s "$DESTDIR/x" "$DESTDIR/lnk"')
+    res = a.doit()
+    not_pushed(res, "lnk", a.workdir / "stage/here")
+    assert catalog(registry) == ["team/kps/alpha"]
+
+
+def test_the_real_path_of_a_workdir_through_a_symlink_is_found(tmp_path, up, registry):
+    (tmp_path / "a/real").mkdir(parents=True)
+    (tmp_path / "a/link").symlink_to("real")
+    a = here_machine(tmp_path / "a", up, 'pwd -P > out/where\n',
+                     cache_setting(registry, push=True) + "workdir: link\n")
+    res = a.doit()
+    not_pushed(res, "usr/local/share/here/where", tmp_path.resolve() / "a/real/src/here")
+    assert catalog(registry) == ["team/kps/alpha"]

@@ -15,7 +15,20 @@ destdir, is not cached.
 ``fetch`` (build:PART) pulls a hit, verified blob by blob, into
 ``<workdir>/cache/PART``; ``restore`` (install:PART) copies it into the
 stage after checking it against the digest recorded when it was pulled;
-``share`` pushes a locally staged tree when ``push: true``.  A cache
+``share`` pushes a locally staged tree when ``push: true``.
+
+A tree that holds a path of this machine is not pushed (the relocation
+check Spack and Nix make): a build that writes ``$(pwd)`` would give every
+other machine files naming this one's checkout.  Before pushing, every
+regular file of the staged tree (its bytes, text or binary) and every
+symbolic link (its target) is searched for the checkout, the workdir and
+the stage, each as given and as its real path (``/tmp`` may be a link);
+as a plain byte string, so the forms with a trailing slash (and longer
+paths under them) are found too.  A tree holding one gives one warning
+naming the first such file and the path, the install goes on and merges,
+and nothing of the part (no blob, manifest or tag) reaches the registry;
+a file that cannot be read is not guessed clean: the part is not pushed.
+The search runs only when an install pushes, never on a no-op.  A cache
 problem never fails a run: an unreachable registry gives one warning per
 run and the run stops asking; a refused artifact gives a warning naming the
 part and the digest; both then build locally.  Nothing here starts a
@@ -186,6 +199,76 @@ def tree_digest(stage: Path) -> str:
     return digest(scan(stage, ""))
 
 
+def machine_paths(ws: Workspace, part: Part, stage: Path) -> list[str]:
+    """The paths of this machine that a shared tree must not hold: the
+    part's checkout, the workdir and the stage, as given and real."""
+    out: list[str] = []
+    for path in (ws.checkout(part.component), ws.workdir, stage):
+        for form in (str(path), os.path.realpath(path)):
+            form = form.rstrip("/")
+            if form and form not in out:
+                out.append(form)
+    return out
+
+
+_CHUNK = 1 << 20
+
+
+def holding_paths(stage: Path, paths: list[str]) -> list[tuple[str, str]]:
+    """``(file, path)`` for each entry of the staged tree (by its path
+    under the stage, sorted) that holds one of ``paths``: a regular file in
+    its bytes, a symbolic link in its target.  The path named is the
+    longest found at the first place that holds one (the checkout rather
+    than the workdir it lies in).  One pass over each file, in chunks."""
+    needles = sorted({os.fsencode(p) for p in paths}, key=len, reverse=True)
+    if not needles:
+        return []
+    # Longest first: at one place the alternation takes the first that matches.
+    rx = re.compile(b"|".join(re.escape(n) for n in needles))
+    found: list[tuple[str, str]] = []
+
+    def walk(folder: str, rel: str) -> None:
+        with os.scandir(folder) as it:
+            items = sorted(it, key=lambda e: e.name)
+        for item in items:
+            where = rel + item.name
+            if item.is_dir(follow_symlinks=False):
+                walk(item.path, where + "/")
+                continue
+            if item.is_symlink():
+                m = rx.search(os.fsencode(os.readlink(item.path)))
+                hit = m.group() if m else None
+            elif item.is_file(follow_symlinks=False):
+                hit = _search_file(item.path, rx, len(needles[0]) - 1)
+            else:
+                continue  # the tree's scan refuses it before anything is pushed
+            if hit is not None:
+                found.append((where, os.fsdecode(hit)))
+
+    if stage.is_dir():
+        walk(str(stage), "")
+    return found
+
+
+def _search_file(path: str, rx: re.Pattern, keep: int) -> bytes | None:
+    """The first match of ``rx`` in the file's bytes.  The last ``keep``
+    bytes (the longest needle less one) of each chunk are searched again
+    with the next one, so a needle across a chunk border is found; a match
+    that starts in them waits for the next chunk, where a longer needle
+    that starts at the same place may end."""
+    tail = b""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(_CHUNK)
+            buf = tail + chunk
+            m = rx.search(buf)
+            if m and (not chunk or m.start() < len(buf) - keep):
+                return m.group()
+            if not chunk:
+                return None
+            tail = buf[-keep:] if keep else b""
+
+
 def kept(ws: Workspace, part: Part) -> Path:
     """Where a pulled tree waits for its install."""
     return ws.workdir / "cache" / part.id.replace("/", "@")
@@ -267,6 +350,18 @@ def share(ws: Workspace, part: Part, key: dict, stage: Path) -> None:
     if reg is None:
         return
     tid, tag = task_id("install", part.id), oci.tag_for(key)
+    try:
+        found = holding_paths(stage, machine_paths(ws, part, stage))
+    except OSError as err:
+        warn(f"{tid}: not pushed to the build cache: cannot read {err.filename} to look for "
+             f"this machine's paths in it: {err.strerror}", ws, tid)
+        return
+    if found:
+        (file, path), more = found[0], len(found) - 1
+        tail = f" (and {more} more file{'s' if more > 1 else ''})" if more else ""
+        warn(f"{tid}: not pushed to the build cache: {file} holds this machine's path "
+             f"{path}{tail}", ws, tid)
+        return
     c = ws.component(part.component)
     plat = key["platform"]
     summary = {
