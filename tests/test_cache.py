@@ -460,3 +460,23 @@ def test_the_real_path_of_a_workdir_through_a_symlink_is_found(tmp_path, up, reg
     res = a.doit()
     not_pushed(res, "usr/local/share/here/where", tmp_path.resolve() / "a/real/src/here")
     assert catalog(registry) == ["team/kps/alpha"]
+
+
+@pytest.mark.parametrize("command, named", [
+    ('cc -DTOP="${SRC%/}" x.c', "$SRC"), ("make O=${SRC:-.}/out", "$SRC"),
+    ("echo ${#SRC}", "$SRC"), ('cp x "${DESTDIR%/}/x"', "$DESTDIR"),
+    ("make SRC=$SRC", "$SRC"), ("make D=${DESTDIR}", "$DESTDIR"),
+    ("make O=${SRCDIR}", None), ("echo $SRC_X ${DESTDIR_X}", None)])
+def test_a_build_naming_src_or_destdir_in_any_expansion_is_not_cached(tmp_path, up, command,
+                                                                       named):
+    """``${SRC%/}`` names the checkout as surely as ``$SRC`` does."""
+    import dataclasses
+
+    from tasks.host import buildcache
+    from tasks.spec import load_stack
+    from tasks.workspace import Workspace
+    m = machine(tmp_path / "m", up, "cache: {url: 'oci://127.0.0.1:1/x'}\n")
+    ws = Workspace(load_stack(m.stack_file))
+    part = dataclasses.replace(ws.component("alpha").parts[0], build=(command,))
+    why = buildcache.not_cached(ws, part)
+    assert why == (f"its build commands name {named}" if named else None)

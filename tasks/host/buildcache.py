@@ -9,8 +9,8 @@ platform (``/etc/os-release`` ID and VERSION_ID, the machine) and the
 versions ``check`` found for the part's requirements.  Never a path of this
 machine (workdir, checkout, destdir, stage): two machines with other paths
 share entries.  A part whose build commands name ``$DESTDIR`` or ``$SRC``
-(its install commands: ``$SRC``), or whose env holds the workdir or
-destdir, is not cached.
+(its install commands: ``$SRC``), in any expansion (``${SRC%/}`` too), or
+whose env holds the workdir or destdir, is not cached.
 
 ``fetch`` (build:PART) pulls a hit, verified blob by blob, into
 ``<workdir>/cache/PART``; ``restore`` (install:PART) copies it into the
@@ -56,7 +56,8 @@ from ..workspace import Workspace
 from . import oci
 
 FORMAT = 1
-_NAMES_RE = re.compile(r"\$(?:\{(DESTDIR|SRC)\}|(DESTDIR|SRC)\b)")
+# $SRC, ${SRC}, ${SRC%/}, ${#SRC}...: any expansion names the path.
+_NAMES_RE = re.compile(r"\$(?:\{[#!]?(DESTDIR|SRC)\b|(DESTDIR|SRC)\b)")
 _PREFIX_RE = re.compile(r"\$(?:\{PREFIX\}|PREFIX\b)")
 
 _lock = threading.Lock()
