@@ -9,9 +9,15 @@ the live system, through sudo when needed) and records what it wrote.
 An install is keyed on the content of the artifacts, its commands and env,
 destdir and prefix (not the staging path: it is the same for every run); it
 reruns when an installed file or its record is missing, not because the
-build merely ran again.  What it installed (a digest of the ``installs``
-files and the artifacts) is recorded for the builds and the image that
-``need`` the component.
+build merely ran again.  A part without ``artifacts`` installs from its
+checkout, and nothing smaller stands for what it copies: its key holds
+what its build last ran on instead (the checkout's content, as the build's
+stamp recorded it, and the build's commands, env, settings and needs), so
+it reruns after every build that ran on something else (a ref change, an
+edit, other build commands) and never leaves the previous version
+installed.  That reads a stamp, not the checkout: the no-op does no more.
+What it installed (a digest of the ``installs`` files and the artifacts) is
+recorded for the builds and the image that ``need`` the component.
 
 Plain ``doit`` (the ``install`` group) ends by naming what components that
 left stack.yaml still have on disk (``manifest.leftovers``).
@@ -44,9 +50,20 @@ def _hit(ws: Workspace, part: Part) -> dict | None:
     return ws.stamps.produced(task_id("build", part.id), "from_cache")
 
 
+def built_on(build: dict | None) -> dict | None:
+    """What a build ran on, from its stamp: the checkout's content (which,
+    unlike the key's ``source``, stays the same when an edit is committed)
+    and the rest of its key.  None when the build has no stamp."""
+    if not build:
+        return None
+    rest = {k: v for k, v in build.get("key", {}).items() if k != "source"}
+    return {"content": build.get("content"), **rest}
+
+
 def install_key(ws: Workspace, part: Part) -> dict:
     root = ws.checkout(part.component)
-    hit = _hit(ws, part)
+    build = ws.stamps.read(task_id("build", part.id))
+    hit = build.get("from_cache") if build else None
     if hit:  # no artifact was built: the pulled tree stands for them
         return {"artifacts": {"from_cache": hit["tree"]}, "commands": list(part.install),
                 "env": dict(part.env), "destdir": ws.settings.destdir,
@@ -59,18 +76,25 @@ def install_key(ws: Workspace, part: Part) -> dict:
             raise StackError(f"artifact {artifact} is missing")
         artifacts[artifact] = fp
     cache.save()
-    return {
+    key = {
         "artifacts": artifacts,
         "commands": list(part.install),
         "env": dict(part.env),
         "destdir": ws.settings.destdir,
         "prefix": ws.settings.prefix,
     }
+    if not part.artifacts:  # it installs from the checkout: follow what the build ran on
+        key["build"] = built_on(build)
+    return key
 
 
 class InstallCheck(Check):
     """Stale when an artifact's content, the commands, env, destdir or prefix
-    change, or an installed file or the record of the install is missing."""
+    change, or an installed file or the record of the install is missing.
+    A part without artifacts is stale too when its build last ran on
+    something else than this install did (``built_on``: the checkout's
+    content, the build's commands, env, settings or needs), read from the
+    build's stamp: the checkout it copies from is not walked."""
 
     def __init__(self, ws: Workspace, part: Part):
         super().__init__(ws.stamps, task_id("install", part.id))
@@ -137,7 +161,13 @@ def install_tasks(ws: Workspace):
         for part in c.parts:
             yield {
                 "name": part.id,
-                "doc": f"install {part.id}: staged, then merged into {where}",
+                "doc": f"install {part.id}: runs "
+                       + ("; ".join(" ".join(cmd.split()) for cmd in part.install) or "nothing")
+                       + f" into a staging folder, then merges it into {where}; reruns when "
+                       + ("an artifact's content" if part.artifacts else
+                          "what its build ran on (it installs from the checkout)")
+                       + ", the install commands, env, destdir or prefix change, or an "
+                         "installed file or the record of what it installed is missing",
                 "actions": [step(ws, task_id("install", part.id), lambda p=part: _install(ws, p))],
                 "task_dep": [task_id("build", part.id)],
                 "uptodate": [InstallCheck(ws, part)],
