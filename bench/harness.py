@@ -58,8 +58,8 @@ class Harness:
         self.env = env
 
     def doit(self, project: Path, *args: str, expect: int | None = 0,
-             python: list[str] | None = None) -> Run:
-        cmd = [*(python or [sys.executable]), "-m", "doit", "-f", str(DODO),
+             python: list[str] | None = None, dodo: Path = DODO) -> Run:
+        cmd = [*(python or [sys.executable]), "-m", "doit", "-f", str(dodo),
                f"stack={project / 'stack.yaml'}", *args]
         start = time.perf_counter()
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=project, env=self.env,

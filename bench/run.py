@@ -5,6 +5,7 @@
     python bench/run.py --quick --reps 3     a tenth of the files, quicker
     python bench/run.py --only noop,checkout,matrix
     python bench/run.py --workdir /dev/shm/kps-bench --keep
+    python bench/run.py --compare REF        this tree's no-op against REF's
 
 Sections for --only: first, noop, checkout, edit (the timed runs; the floor
 is always measured with them), matrix, parallel, profile (where a no-op's
@@ -28,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import compare  # noqa: E402
 import fixtures  # noqa: E402
 import matrix  # noqa: E402
 import parallel  # noqa: E402
@@ -48,9 +50,14 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", help="work here instead of a temporary folder")
     ap.add_argument("--keep", action="store_true", help="leave the work folder behind")
     ap.add_argument("--json", help="also write the raw figures to this file")
+    ap.add_argument("--compare", metavar="REF",
+                    help="time this tree's no-op against commit REF's, side by side "
+                         "(only that section runs)")
     args = ap.parse_args(argv)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = only - set(ALL)
+    if args.compare:
+        only = {"compare"}
+    unknown = only - set(ALL) - {"compare"}
     if unknown:
         ap.error(f"unknown section(s): {', '.join(sorted(unknown))}")
 
@@ -80,7 +87,7 @@ def bench(root: Path, args, only: set[str]) -> int:
     print(f"  load average at start: {load()}")
     start = time.perf_counter()
     up = None
-    if only & {"first", "noop", "checkout", "edit", "matrix", "profile"}:
+    if only & {"first", "noop", "checkout", "edit", "matrix", "profile", "compare"}:
         up = fixtures.Upstreams(root / "upstream", scale=scale).make()
         print(f"  fixture upstreams made in {time.perf_counter() - start:.1f} s "
               f"(scale {scale})")
@@ -97,6 +104,12 @@ def bench(root: Path, args, only: set[str]) -> int:
         res = parallel.run(h, up, args.reps)
         out["parallel"] = {"times": res["times"], "noop": res["noop"]}
         sections.append(("Parallel builds", parallel.report(res, args.reps) + [f"load: {load()}"]))
+    if "compare" in only:
+        print(f"\n== no-op against {args.compare} ==", flush=True)
+        res = compare.run(h, up, args.reps, args.compare)
+        out["compare"] = {"times": res["times"], "ref": res["described"]}
+        sections.append(("No-op side by side", compare.report(res, args.reps)
+                         + [f"load: {load()}"]))
     if "matrix" in only:
         print("\n== change matrix ==", flush=True)
         res = matrix.run(h, up)
