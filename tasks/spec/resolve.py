@@ -45,10 +45,16 @@ def _cache(s: SettingsFile, problems: Problems) -> Cache | None:
     if s.cache is None:
         return None
     try:
-        oci.parse_url(s.cache.url)
+        _, prefix = oci.parse_url(s.cache.url)
     except oci.CacheError as err:
         hint = f" ({err.hint})" if err.hint else ""
         problems.add(("settings", "cache", "url"), err.message + hint)
+        return None
+    if not prefix:  # the components' repositories would land at the registry's top level
+        problems.add(("settings", "cache", "url"),
+                     f"cache url {s.cache.url!r} names no repository: expected "
+                     "oci://host[:port]/repository, each component's builds going to "
+                     "<repository>/<component> (e.g. oci://127.0.0.1:5000/kps)")
         return None
     return Cache(url=s.cache.url.rstrip("/"), push=s.cache.push, plain_http=s.cache.plain_http)
 
