@@ -13,7 +13,7 @@ import re
 from ..action import Done, installs_of, step, task_id
 from ..checkout import SourceCheck, content_of, installed_of, run_commands
 from ..errors import StackError
-from ..model import Part
+from ..model import Component, Part
 from ..workspace import Workspace
 
 
@@ -103,13 +103,28 @@ def _build(ws: Workspace, part: Part) -> dict:
     return Done(key, {"content": content, **({"cache_key": cache_key} if cache_key else {})})
 
 
+def _doc(c: Component, part: Part) -> str:
+    """What ``doit help build:NAME`` says (one line: doit keeps only the
+    first): what runs, and when it reruns, as README's staleness table."""
+    runs = "; ".join(" ".join(cmd.split()) for cmd in part.build)
+    if len(runs) > 100:  # a configure-and-make script: show:NAME prints it whole
+        runs = runs[:80] + f"... (doit show:{c.name} prints it whole)"
+    needs = " or ".join(c.needs)
+    return (f"build {part.id}" + (f" (after {', '.join(c.needs)})" if c.needs else "")
+            + (f": runs {runs}" if runs else ": no build commands")
+            + "; reruns when the checkout's content, the commands or env change, a setting "
+            "they name ($PREFIX, $DESTDIR) changes"
+            + (f", {needs} is reinstalled with other content" if needs else "")
+            + ", or an artifact is missing")
+
+
 def build_tasks(ws: Workspace):
     for c in ws.stack.components.values():
         needs = [t for other in c.needs for t in installs_of(ws, other)]
         for part in c.parts:
             yield {
                 "name": part.id,
-                "doc": f"build {part.id}" + (f" (after {', '.join(c.needs)})" if c.needs else ""),
+                "doc": _doc(c, part),
                 "actions": [step(ws, task_id("build", part.id), lambda p=part: _build(ws, p))],
                 "task_dep": [task_id("check"), task_id("patch", c.name)] + needs,
                 "uptodate": [BuildCheck(ws, part)],

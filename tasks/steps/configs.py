@@ -315,7 +315,9 @@ def tasks(ws: Workspace, force=None):
     if ws.stack.debug.qemu_log:
         yield {
             "name": WRAPPER,
-            "doc": "write the QEMU wrapper that logs the guest console (debug.qemu_log)",
+            "doc": "write the QEMU wrapper that logs the guest console (debug.qemu_log); "
+                   "reruns when its text (template, prefix, workdir) or path changes, or it "
+                   "is missing",
             "actions": [step(ws, task_id("config", WRAPPER),
                              lambda: _write_wrapper(ws, forced))],
             "uptodate": [WrapperCheck(ws)],
@@ -326,6 +328,9 @@ def tasks(ws: Workspace, force=None):
             doc += f" from {cfg.base}"
         if cfg.create_only:
             doc += " (only when absent)"
+        doc += ("; reruns when " + ("the base file's content, " if cfg.base else "")
+                + "the values after substitution, unset or format change, or the file is "
+                "missing")
         yield {
             "name": cfg.name,
             "doc": doc,

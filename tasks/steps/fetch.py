@@ -165,8 +165,11 @@ def _per_component(ws: Workspace, kind: str, work, doc, check=None):
 
 
 def tasks(ws: Workspace):
-    yield from _per_component(ws, "fetch", _fetch, lambda c: f"fetch {c.name} {c.ref} from {c.git}",
-                              FetchCheck)
+    yield from _per_component(
+        ws, "fetch", _fetch,
+        lambda c: f"fetch {c.name} {c.ref} from {c.git}; reruns when git, ref, submodules or "
+                  "depth change, stack.lock moves the commit, or the checkout is gone",
+        FetchCheck)
 
 
 def update_tasks(ws: Workspace):

@@ -272,7 +272,10 @@ def tasks(ws: Workspace):
     built = {k: ws.stamps.produced(TASK, k) for k in ("kernel", "initrd")}
     yield {
         "basename": TASK,
-        "doc": f"build the guest image {img.output} with {img.builder} -p {img.profile}",
+        "doc": f"build the guest image {img.output} with {img.builder} -p {img.profile}; "
+               f"reruns when {img.builder}'s checkout, "
+               + (f"the installed content of {', '.join(img.needs)}, " if img.needs else "")
+               + "the kernel or an option changes, or the image is missing",
         "actions": [step(ws, TASK, lambda: _build(ws))],
         "task_dep": [task_id("check"), task_id("patch", img.builder)] + needs,
         "uptodate": [ImageCheck(ws)],

@@ -178,7 +178,9 @@ def tasks(ws: Workspace):
         yield {
             "name": c.name,
             "doc": f"check out {c.name} at {c.ref}"
-                   + (f" and apply {len(c.patches)} patch(es)" if c.patches else ""),
+                   + (f" and apply {len(c.patches)} patch(es); reruns when the base commit "
+                      "or a patch's content changes (wherever the patch lives)" if c.patches
+                      else "; reruns when the base commit changes"),
             "actions": [step(ws, task_id("patch", c.name), lambda c=c: _patch(ws, c))],
             "task_dep": deps,
             "uptodate": [PatchCheck(ws, c)],
