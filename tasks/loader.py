@@ -108,6 +108,7 @@ def workspace(value: str | None, project: Path, argv: list[str] | None = None) -
     read_only = command in READ_ONLY_COMMANDS or read_only_tasks(named)
     try:
         refuse(command, argv)
+        run.check_progress_interval()
     except StackError as err:
         raise InvalidDodoFile(str(err)) from None
     if read_only:

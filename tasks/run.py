@@ -146,10 +146,28 @@ def progress_mode() -> str:
 
 
 def _interval() -> float:
-    try:
-        return max(0.05, float(os.environ.get("KPS_PROGRESS_INTERVAL", "60")))
-    except ValueError:
+    """KPS_PROGRESS_INTERVAL: seconds between two notes (unset or empty: 60).
+    Anything but a number above 0 is refused: 0 or -1 would otherwise mean
+    a note every tick, or silently the default."""
+    value = os.environ.get("KPS_PROGRESS_INTERVAL", "").strip()
+    if not value:
         return 60.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise StackError(f"KPS_PROGRESS_INTERVAL={value!r}: expected a number of seconds "
+                         "above 0 (default 60)",
+                         hint="unset it for a note a minute, or set e.g. "
+                              "KPS_PROGRESS_INTERVAL=30 (KPS_PROGRESS=off: no notes)")
+    return max(0.05, seconds)
+
+
+def check_progress_interval() -> None:
+    """Called at start, so a bad KPS_PROGRESS_INTERVAL stops doit before
+    anything runs rather than in the progress thread."""
+    _interval()
 
 
 def _erase_live() -> None:

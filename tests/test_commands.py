@@ -3,6 +3,17 @@ in one line why not, never with a traceback.  Through the real doit."""
 
 from __future__ import annotations
 
+import pytest
+
+
+def one_error(res) -> str:
+    """The error line doit printed (and its Hint), checked for tracebacks."""
+    assert "Traceback" not in res.text, res.text
+    lines = [line for line in res.err.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("ERROR: "), res.text
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------
 # doit help TASK: what runs, and when it reruns
 
@@ -36,3 +47,23 @@ def test_help_on_image_and_config_says_when_they_rerun(kata):
     config = kata.doit("help", "config:crictl", env=kata.tool_env).out
     assert "write /etc/crictl.yaml" in config and "reruns when" in config
     assert "the file is missing" in config
+
+
+# --------------------------------------------------------------------------
+# KPS_PROGRESS_INTERVAL
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan", "inf"])
+def test_a_bad_progress_interval_is_refused_at_start(ab, value):
+    res = ab.doit(env={"KPS_PROGRESS_INTERVAL": value}, expect=3)
+    text = one_error(res)
+    assert text.splitlines()[0] == (f"ERROR: KPS_PROGRESS_INTERVAL={value!r}: expected a number "
+                                    "of seconds above 0 (default 60)")
+    assert text.splitlines()[1].startswith("Hint: ")
+    assert res.ran == [] and not ab.workdir.exists()  # refused before anything ran
+
+
+@pytest.mark.parametrize("value", ["0.5", "120", ""])  # empty: as if unset
+def test_a_good_progress_interval_is_taken(ab, value):
+    res = ab.doit("build:alpha", env={"KPS_PROGRESS_INTERVAL": value})
+    assert "build:alpha" in res.ran
