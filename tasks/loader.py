@@ -30,7 +30,7 @@ import yaml
 from doit import get_initial_workdir
 from doit.cmd_base import DodoTaskLoader
 from doit.cmdparse import CmdOption, CmdParse, CmdParseError
-from doit.exceptions import InvalidDodoFile
+from doit.exceptions import InvalidCommand, InvalidDodoFile
 
 from . import run, state
 from .errors import SpecError, StackError, did_you_mean
@@ -111,6 +111,8 @@ def workspace(value: str | None, project: Path, argv: list[str] | None = None) -
         run.check_progress_interval()
     except StackError as err:
         raise InvalidDodoFile(str(err)) from None
+    if command == "info":
+        _info_names_known()
     if read_only:
         state.set_read_only()
         from . import plan
@@ -205,6 +207,30 @@ def forget(ws: Workspace, argv: list[str]) -> None:
     run.say(f"kata-passt-stack: forgot {len(gone)} task(s)"
             + (f": {', '.join(gone[:12])}" + (" ..." if len(gone) > 12 else "") if gone else "")
             + "; the next run redoes them")
+
+
+def _info_names_known() -> None:
+    """doit's ``info`` (0.36, 0.37) looks its task up without checking that it
+    exists (a KeyError and a traceback): say it in a line, with the closest
+    name."""
+    from doit.cmd_info import Info
+
+    if getattr(Info._execute, "_kps", False):
+        return
+    execute = Info._execute
+
+    # doit passes _execute its options by parameter name: keep doit's names
+    def checked(self, pos_args, hide_status=False):
+        names = [t.name for t in self.task_list]
+        if len(pos_args) == 1 and pos_args[0] not in names:
+            err = StackError(f"doit info: no task '{pos_args[0]}'"
+                             + did_you_mean(pos_args[0], names),
+                             hint="doit list --all shows every task")
+            raise InvalidCommand(str(err))
+        return execute(self, pos_args, hide_status)
+
+    checked._kps = True
+    Info._execute = checked
 
 
 def _quiet_database() -> None:

@@ -67,3 +67,20 @@ def test_a_bad_progress_interval_is_refused_at_start(ab, value):
 def test_a_good_progress_interval_is_taken(ab, value):
     res = ab.doit("build:alpha", env={"KPS_PROGRESS_INTERVAL": value})
     assert "build:alpha" in res.ran
+
+
+# --------------------------------------------------------------------------
+# doit info
+
+
+def test_info_on_an_unknown_task_says_so_in_a_line(ab):
+    res = ab.doit("info", "nosuch:task", expect=3)
+    text = one_error(res)
+    assert "no task 'nosuch:task'" in text
+    assert "Hint: doit list --all" in text
+    assert len(text.splitlines()) == 2  # the line and its hint
+
+
+def test_info_on_a_mistyped_task_names_the_closest(ab):
+    res = ab.doit("info", "build:alpah", expect=3)
+    assert "did you mean 'build:alpha'?" in one_error(res)
