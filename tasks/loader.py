@@ -209,6 +209,26 @@ def forget(ws: Workspace, argv: list[str]) -> None:
             + "; the next run redoes them")
 
 
+def _options(argv: list[str]) -> dict:
+    """The options given on ``argv`` to the doit command it runs, parsed by
+    doit (only those given: not doit's defaults, nor DOIT_CONFIG's)."""
+    from doit.doit_cmd import DoitMain
+
+    command = doit_command(argv)
+    cls = next((c for c in DoitMain.DOIT_CMDS if c.get_name() == command), None)
+    if cls is None:
+        return {}
+    options = (*getattr(cls, "base_options", ()), *DodoTaskLoader.cmd_options, *cls.cmd_options)
+    words = [a for a in argv if not ("=" in a and not a.startswith("-"))]
+    if command in words:
+        words.remove(command)
+    try:
+        params, _ = CmdParse([CmdOption(o) for o in options]).parse(words)
+    except CmdParseError:
+        return {}
+    return {k: params[k] for k in getattr(params, "_non_default_keys", ())}
+
+
 def _info_names_known() -> None:
     """doit's ``info`` (0.36, 0.37) looks its task up without checking that it
     exists (a KeyError and a traceback): say it in a line, with the closest
@@ -256,21 +276,39 @@ def _quiet_database() -> None:
     SqliteDB.dump = guarded
 
 
-def doit_config(ws: Workspace, namespace: dict) -> dict:
-    _quiet_database()
-    db = ws.workdir / ".doit.db"
-    if ws.read_only:
-        # doit opens (and so creates) its database even to list tasks; a run
-        # of read-only tasks would write it when it ends
-        dep_file = str(db) if db.exists() and not ws.requested else ":memory:"
-    else:
+# doit's database under the workdir, one file per backend: ``doit --backend
+# json`` must not open the sqlite3 file (each reads the other's as corrupt).
+# The stamps decide what is up to date, so a backend holds only doit's own
+# records, and any of them works.
+DATABASES = {"sqlite3": ".doit.db", "json": ".doit.json", "dbm": ".doit.dbm"}
+
+
+def database(ws: Workspace, backend: str) -> str:
+    """The ``dep_file`` doit opens with ``backend``."""
+    db = ws.workdir / DATABASES.get(backend, f".doit.{backend}")
+    if not ws.read_only:
         try:
             ws.make_workdir()  # doit opens its database there
         except StackError as err:
             raise InvalidDodoFile(str(err)) from None
-        dep_file = str(db)
+        return str(db)
+    # doit opens (and so may create) its database even to list tasks, and a
+    # run of read-only tasks writes it when it ends: give it one nobody keeps
+    if backend == "sqlite3":
+        return str(db) if db.exists() and not ws.requested else ":memory:"
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="kps-doit-")
+    atexit.register(shutil.rmtree, scratch, True)
+    return os.path.join(scratch, db.name)
+
+
+def doit_config(ws: Workspace, namespace: dict, argv: list[str] | None = None) -> dict:
+    _quiet_database()
+    backend = _options(sys.argv[1:] if argv is None else argv).get("backend", "sqlite3")
     return {
-        "dep_file": dep_file,
+        "dep_file": database(ws, backend),
         "backend": "sqlite3",
         "default_tasks": [t for t in DEFAULT_TASKS if f"task_{t}" in namespace
                           and (t != "image" or ws.stack.image is not None)],

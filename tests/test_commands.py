@@ -3,7 +3,29 @@ in one line why not, never with a traceback.  Through the real doit."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from conftest import ROOT
+
+ALL_AB = ["check", "fetch:alpha", "fetch:beta", "patch:alpha", "patch:beta", "build:alpha",
+          "install:alpha", "build:beta", "install:beta"]
+
+
+def snapshot(root) -> dict:
+    """Every path under ``root`` with its content (or link target) and mtime."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        body = os.readlink(p) if p.is_symlink() else (p.read_bytes() if p.is_file() else b"")
+        out[str(p.relative_to(root))] = (st.st_mtime_ns, st.st_mode, body)
+    return out
+
+
+def databases_in(folder) -> list[str]:
+    """doit's database files in ``folder`` (doit runs in dodo.py's folder:
+    a relative name such as ':memory:' lands there)."""
+    return sorted(n for n in os.listdir(folder) if n.startswith((".doit", ":memory:")))
 
 
 def one_error(res) -> str:
@@ -84,3 +106,39 @@ def test_info_on_an_unknown_task_says_so_in_a_line(ab):
 def test_info_on_a_mistyped_task_names_the_closest(ab):
     res = ab.doit("info", "build:alpah", expect=3)
     assert "did you mean 'build:alpha'?" in one_error(res)
+
+
+# --------------------------------------------------------------------------
+# doit --backend
+
+
+@pytest.mark.parametrize("backend", ["json", "dbm"])
+def test_another_backend_works_beside_the_default(ab, backend):
+    ab.doit()  # doit's database in the default backend (sqlite3)
+    res = ab.doit("--backend", backend)
+    assert "Traceback" not in res.text
+    assert res.ran == [] and sorted(res.uptodate) == sorted(ALL_AB)
+    (ab.src("beta") / "beta.in").write_text("edited\n")
+    res = ab.doit("--backend", backend)
+    assert "build:beta" in res.ran
+    res = ab.doit()  # and back: neither reads the other's file
+    assert "Traceback" not in res.text and res.ran == []
+
+
+def test_json_backend_from_a_fresh_workdir_then_the_default(ab):
+    ab.doit("--backend", "json")
+    res = ab.doit()
+    assert "Traceback" not in res.text and res.ran == []
+
+
+@pytest.mark.parametrize("command", [("list", "--backend", "json"),
+                                     ("info", "--backend", "json", "build:beta"),
+                                     ("--backend", "json", "status")])
+def test_read_only_commands_on_json_write_nothing(ab, tmp_path, command):
+    ab.doit()
+    before = snapshot(tmp_path)
+    project_files = databases_in(ROOT)
+    res = ab.doit(*command, expect=None)
+    assert res.code == 0 and "Traceback" not in res.text, res.text
+    assert snapshot(tmp_path) == before
+    assert databases_in(ROOT) == project_files
