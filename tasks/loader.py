@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 from doit import get_initial_workdir
-from doit.cmd_base import DodoTaskLoader
+from doit.cmd_base import Command, DodoTaskLoader, opt_depfile
 from doit.cmdparse import CmdOption, CmdParse, CmdParseError
 from doit.exceptions import InvalidCommand, InvalidDodoFile
 
@@ -150,8 +150,7 @@ def refuse(command: str, argv: list[str]) -> None:
     """Stop at once for what this tool cannot do: doit commands that work
     on doit's database alone, process-parallel runs, unknown variables."""
     if command in UNSUPPORTED:
-        raise StackError(f"doit {command} is not supported by kata-passt-stack: "
-                         f"{UNSUPPORTED[command]}")
+        raise StackError(unsupported(command))
     if _parallel_type(argv) == "process":
         raise StackError("doit -P process is not supported: every step writes its state "
                          "from one process; use -P thread (doit -n 4 -P thread)")
@@ -163,6 +162,25 @@ def refuse(command: str, argv: list[str]) -> None:
         lines = [f"unknown variable on the command line: {name}="
                  + did_you_mean(name, VARIABLES) for name in unknown]
         raise StackError("\n".join(lines), hint=f"the variables this tool reads: {known}")
+
+
+def unsupported(command: str) -> str:
+    return f"doit {command} is not supported by kata-passt-stack: {UNSUPPORTED[command]}"
+
+
+class DumpDB(Command):
+    """``doit dumpdb`` never loads dodo.py, so nothing there can refuse it.
+    doit reads pyproject.toml's ``[tool.doit.plugins.command]`` in the folder
+    it runs in, which puts this in its place for ``doit dumpdb`` run where
+    dodo.py is (./stack.sh routes dumpdb here itself, from anywhere)."""
+
+    name = "dumpdb"
+    doc_purpose = "not supported by kata-passt-stack: says where each task's record is"
+    doc_usage = ""
+    cmd_options = (opt_depfile,)  # doit's own: accepted, so it still says why
+
+    def execute(self, params, args):
+        raise InvalidCommand(unsupported(self.name))
 
 
 def _run_args(argv: list[str]) -> tuple[dict, list[str]]:

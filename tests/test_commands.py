@@ -4,6 +4,8 @@ in one line why not, never with a traceback.  Through the real doit."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 from conftest import ROOT
@@ -142,3 +144,19 @@ def test_read_only_commands_on_json_write_nothing(ab, tmp_path, command):
     assert res.code == 0 and "Traceback" not in res.text, res.text
     assert snapshot(tmp_path) == before
     assert databases_in(ROOT) == project_files
+
+
+# --------------------------------------------------------------------------
+# doit dumpdb, run where dodo.py is (it never loads dodo.py)
+
+
+def test_dumpdb_through_plain_doit_says_what_to_use(tmp_path):
+    before = databases_in(ROOT)
+    res = subprocess.run([sys.executable, "-m", "doit", "dumpdb"], cwd=ROOT, text=True,
+                         capture_output=True, timeout=60)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "ERROR: doit dumpdb is not supported by kata-passt-stack: what each task last ran for "
+        "is in <workdir>/state/stamps/*.json (doit info TASK says in words why it would run)"]
+    assert databases_in(ROOT) == before
