@@ -7,6 +7,34 @@ a kill: whatever is already done is seen as done.  It needs only the
 standard library, because it runs as root through sudo when the target
 needs it, as ``python -m tasks.journal apply JOURNAL`` (started by
 manifest.py through run.py); it prints what it did as JSON.
+
+Nothing is written, removed, backed up or put back outside the target root.
+Every path is reached the way a program chrooted into the root would reach
+it (``inroot.Target``): each symbolic link met on the way is followed, a link's
+absolute target starts again at the root, and ``..`` never goes above it.
+A path that cannot be reached that way is refused before anything is
+written (``problems()``), naming the link and the file:
+
+* a link whose ``..`` climbs above the root (the live root ``/`` has
+  nothing above it: there ``..`` stays at ``/``, as the kernel does);
+* links that loop;
+* a link where the install puts a folder, unless it leads to a folder
+  inside the root: folders are made where the stage has them, never at the
+  other end of a link (``share/x -> /elsewhere`` with no ``/elsewhere``
+  inside the root is refused, whatever ``/elsewhere`` holds on this
+  machine).
+
+``apply()`` checks again (the target may have changed since the journal
+was planned), then each operation opens the folders on its way one by one
+without following links, so a folder swapped for a link after the check
+stops it instead of being written through.
+
+What the old manifest lists may change type: a file or link of ours gives
+way to a folder of the new install, and a folder our installs created,
+holding only what the old manifest lists, gives way to a file; a changed
+file in the way is saved first, like any changed file an install replaces.
+A file or folder that no install recorded is never replaced by the other
+kind: the install is refused.
 """
 
 from __future__ import annotations
@@ -14,12 +42,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import stat
 import sys
 from pathlib import Path
 
 from .errors import StackError
+from .inroot import Blocked, Changed, Target, lstat
 
 _CHUNK = 1 << 20
 
@@ -69,33 +97,170 @@ def scan(stage: Path, root: str) -> dict[str, dict]:
     return out
 
 
-def lstat(path: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
-
-
-def _same(path: str, st: os.stat_result, entry: dict, mode: bool = False) -> bool:
+def _same(t: Target, path: str, st: os.stat_result, entry: dict, mode: bool = False) -> bool:
     """Whether ``path`` holds what ``entry`` says (its mode too, with ``mode``)."""
     if entry["type"] == "link":
-        return stat.S_ISLNK(st.st_mode) and os.readlink(path) == entry["target"]
+        return stat.S_ISLNK(st.st_mode) and t.readlink(path) == entry["target"]
     if entry["type"] == "dir":
-        return os.path.isdir(path)
+        return t.isdir(path)
     if not stat.S_ISREG(st.st_mode) or st.st_size != entry["size"]:
         return False
     if mode and f"{stat.S_IMODE(st.st_mode):04o}" != entry["mode"]:
         return False
-    return sha256(path) == entry["sha256"]
+    return t.sha256(path) == entry["sha256"]
 
 
-def _same_files(a: str, b: str) -> bool:
-    sa, sb = lstat(a), lstat(b)
+def _same_as_backup(t: Target, path: str, backup: str) -> bool:
+    sa, sb = t.lstat(path), lstat(backup)
     if sa is None or sb is None or stat.S_IFMT(sa.st_mode) != stat.S_IFMT(sb.st_mode):
         return False
     if stat.S_ISLNK(sa.st_mode):
-        return os.readlink(a) == os.readlink(b)
-    return sa.st_size == sb.st_size and sha256(a) == sha256(b)
+        return t.readlink(path) == os.readlink(backup)
+    return sa.st_size == sb.st_size and t.sha256(path) == sha256(backup)
+
+
+# --------------------------------------------------------------------------
+# What stops a journal, before anything is written
+
+
+class Refused(StackError):
+    """Nothing was written: each thing in the way, all at once."""
+
+
+def refusal(j: dict, found: list[tuple[str, str]], hint: str | None = None) -> Refused:
+    """The error for ``found`` (kind, line) pairs: kind ``link`` (a path
+    that cannot be reached inside the root) or ``way`` (something in the way
+    of a file or folder)."""
+    kinds = {kind for kind, _ in found}
+    hints = [hint] if hint else []
+    root = j["root"].rstrip("/") or "/"
+    if "link" in kinds:
+        hints.append(f"symbolic links under {root} are followed as if {root} were / (an "
+                     f"absolute target starts again at {root}) and may not lead out of it: make "
+                     "each link named lead to a folder inside it, or remove it")
+    if "way" in kinds:
+        hints.append("what no install recorded is yours: move it away, or change the install "
+                     "commands")
+    lines = [line for _, line in found]
+    shown = "\n".join(f"  {line}" for line in lines[:20])
+    more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
+    verb = "written" if j["kind"] == "merge" else "removed"
+    return Refused(f"refused, nothing {verb}:\n{shown}{more}", hint="; ".join(hints))
+
+
+def _goes(path: str, e: dict, new: dict) -> bool:
+    """Whether step 1 removes the old file or link ``path``: the new
+    install has nothing there, or a folder."""
+    return e["type"] != "dir" and new.get(path, {}).get("type") in (None, "dir")
+
+
+def problems(j: dict) -> list[tuple[str, str]]:
+    """What stops journal ``j`` before anything is written, as (kind, line)
+    pairs (see ``refusal``): a path that cannot be reached inside the root,
+    a link where a folder goes that does not lead to one inside the root, a
+    file or folder no install recorded where the other kind goes.  A path
+    this user may not look at is left to the check as root."""
+    t = Target(j["root"])
+    old, new, ours = j["old"], j["new"], set(j["ours"])
+    found: list[tuple[str, str]] = []
+    blamed: dict[tuple[str, str], tuple[int, set]] = {}  # one line per link, its first file
+
+    def blame(b: Blocked, path: str, verb: str) -> None:
+        key = (b.link, b.target)
+        if key not in blamed:
+            blamed[key] = (len(found), set())
+            found.append(("link", b.say(path, verb, t.root)))
+        blamed[key][1].add(path)
+
+    def reach(path: str, verb: str, last: bool = False, absent=frozenset()) -> list | None:
+        try:
+            return t.resolve(path, last, absent)
+        except Blocked as b:
+            blame(b, path, verb)
+        except PermissionError:
+            pass
+        return None
+
+    def state(parts: list[str], absent) -> os.stat_result | None:
+        """What is at ``parts`` (resolved), once the journal's removals are done."""
+        if any(t.at(parts[:i + 1]) in absent for i in range(len(parts))):
+            return None
+        try:
+            return lstat(t.at(parts))
+        except PermissionError:
+            return None
+
+    absent = set()
+    for path, e in sorted(old.items()):
+        if e["type"] == "dir" and new.get(path, {}).get("type") != "dir":
+            reach(path, "removed")
+        elif _goes(path, e, new) and (parts := reach(path, "removed")):
+            absent.add(t.at(parts))
+    first_under = {}  # a folder's first file, named when a link stands in for the folder
+    for path in sorted(new, key=lambda p: (new[p]["type"] == "dir", p)):
+        for parent in _parents(path, t.base):
+            first_under.setdefault(parent, path)
+    for path, e in sorted(new.items()):
+        parts = reach(path, "written", absent=absent)
+        st = None if parts is None else state(parts, absent)
+        if st is None:
+            continue
+        here = t.at(parts)
+        if e["type"] == "dir" and stat.S_ISLNK(st.st_mode):
+            through = first_under.get(path, path)
+            try:
+                inner = t.resolve(path, True, absent)
+            except Blocked as b:
+                blame(b, through, "written")
+                continue
+            end = state(inner, absent)
+            if end is None or not stat.S_ISDIR(end.st_mode):
+                target = os.readlink(here)
+                more = sum(1 for p in new if p.startswith(path + "/")) - 1
+                found.append(("link", f"{here} -> {target}: {through} would be written through "
+                                      f"it, and there is no folder {target} inside {t.root} "
+                                      f"({t.at(inner)})"
+                                      + (f" (and {more} more through it)" if more > 0 else "")))
+        elif e["type"] == "dir" and not stat.S_ISDIR(st.st_mode):
+            found.append(("way", f"{here} is a file on the target; {j['part']} installs a folder "
+                                 "there"))
+        elif e["type"] != "dir" and stat.S_ISDIR(st.st_mode):
+            why = _not_ours(here, path, old, ours)
+            if why:
+                found.append(("way", f"{here} is a folder on the target; {j['part']} installs a "
+                                     f"file there, and {why}"))
+    for i, paths in blamed.values():
+        if len(paths) > 1:
+            found[i] = (found[i][0], f"{found[i][1]} (and {len(paths) - 1} more through it)")
+    return found
+
+
+def _not_ours(here: str, path: str, old: dict, ours: set) -> str | None:
+    """Why the folder ``here`` (the old manifest's ``path``) cannot give way
+    to a file: None when our installs created it and everything in it is
+    the old manifest's (what is changed in it is saved first)."""
+    if old.get(path, {}).get("type") != "dir":
+        return "the folder is not the previous install's"
+    if path not in ours:
+        return "the folder was there before the install"
+    for folder, dirs, files in os.walk(here):
+        for name in sorted(dirs) + sorted(files):
+            rel = os.path.relpath(os.path.join(folder, name), here)
+            e = old.get(f"{path}/{rel}")
+            if e is None:
+                return f"the folder holds {here}/{rel}, which no install recorded"
+            if e["type"] == "dir" and name in dirs and f"{path}/{rel}" not in ours:
+                return f"the folder holds {here}/{rel}, a folder that was there before the install"
+    return None
+
+
+def _parents(path: str, base: str):
+    """The folders above ``path``, up to (not including) the root."""
+    while True:
+        path = os.path.dirname(path)
+        if len(path) <= len(base):
+            return
+        yield path
 
 
 # --------------------------------------------------------------------------
@@ -105,15 +270,24 @@ def _same_files(a: str, b: str) -> bool:
 def apply(j: dict) -> dict:
     """Make the target match journal ``j``: remove what the old manifest had
     and the new one has not, create the new folders, put each new file and
-    symlink in place.  Idempotent; returns what it did."""
+    symlink in place.  Refused (``Refused``, nothing written) when
+    ``problems()`` finds any.  Idempotent; returns what it did."""
     try:
-        return _apply(j)
+        found = problems(j)
+        if found:
+            raise refusal(j, found)
+        return _apply(j, Target(j["root"]))
     except PermissionError as err:
         raise StackError(f"cannot change {err.filename}: permission denied",
                          hint="run as root, or set settings.sudo: auto") from None
+    except Blocked as b:  # a link that appeared since the check
+        raise Changed(f"{b.link} -> {b.target} appeared while the {j['kind']} was being carried "
+                      f"out, and leads out of {j['root']} (or loops): stopped there",
+                      hint="something else is changing the target root: find it, then run "
+                           "again (the journal is kept and finished next time)") from None
 
 
-def _apply(j: dict) -> dict:
+def _apply(j: dict, t: Target) -> dict:
     root, stage, old, new = j["root"], j.get("stage"), j["old"], j["new"]
     old_backups, unowned, ours = j.get("old_backups", {}), set(j["unowned"]), set(j["ours"])
     owner = tuple(j["owner"]) if j.get("owner") else None
@@ -121,55 +295,81 @@ def _apply(j: dict) -> dict:
     out = {"written": [], "unchanged": 0, "removed": [], "kept": [], "restored": [],
            "backups": {}, "saved": {}, "adopted": [], "created_dirs": [], "removed_dirs": [],
            "missing": []}
+
+    def needed(path: str) -> bool:
+        """Whether the new install puts a folder at ``path`` or a file above it."""
+        return new.get(path, {}).get("type") == "dir" or any(
+            new.get(p, {}).get("type") not in (None, "dir") for p in _parents(path, t.base))
+
+    def save(path: str) -> None:
+        saved = _under(j["saved"], path[cut:])
+        if not os.path.lexists(saved):
+            t.copy_out(path, saved, owner)
+        out["saved"][path] = saved
+
     # 1. files and symlinks the old install had and the new one has not
+    #    (or has a folder in their place)
     for path, e in sorted(old.items()):
-        if e["type"] == "dir" or (path in new and new[path]["type"] != "dir"):
+        if not _goes(path, e, new):
             continue
         backup = old_backups.get(path)
-        st = lstat(path)
-        if st is not None and not _same(path, st, e):
-            if backup and _same_files(path, backup):  # put back before a kill
-                os.unlink(backup)
-                out["restored"].append(path)
-            else:
+        st = t.lstat(path)
+        if st is not None and stat.S_ISDIR(st.st_mode):  # a folder now: made by a killed run
+            if not needed(path):                       # (or by hand)
                 out["kept"].append(path)
             continue
+        if st is not None and not _same(t, path, st, e):
+            if backup and _same_as_backup(t, path, backup):  # put back before a kill
+                os.unlink(backup)
+                out["restored"].append(path)
+                continue
+            if not needed(path):
+                out["kept"].append(path)
+                continue
+            save(path)  # changed, and in the way of what the new install puts there
         if st is not None:
-            os.unlink(path)
+            t.unlink(path)
             out["removed"].append(path)
-        if backup and os.path.lexists(backup):
-            _copy(backup, path, None)
+        if backup and os.path.lexists(backup) and not needed(path):
+            t.copy_in(backup, path)
             os.unlink(backup)
             out["restored"].append(path)
     # 2. folders left empty, deepest first
     gone = [p for p, e in old.items() if e["type"] == "dir" and new.get(p, {}).get("type") != "dir"]
     for path in sorted(gone, key=lambda p: (p.count("/"), p), reverse=True):
-        if path in ours and not os.path.islink(path):
+        if path not in ours:
+            continue
+        st = t.lstat(path)
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            continue  # a link or a file now: not the folder we made
+        if st is not None:
             try:
-                os.rmdir(path)
-            except FileNotFoundError:
-                pass
+                t.rmdir(path)
             except OSError:
                 continue  # not empty: someone else's files are in it
-            out["removed_dirs"].append(path)
+        out["removed_dirs"].append(path)
+        backup = old_backups.get(path)  # the file a folder of ours replaced
+        if backup and os.path.lexists(backup) and path not in new:
+            t.copy_in(backup, path)
+            os.unlink(backup)
+            out["restored"].append(path)
     if new and not os.path.isdir(root):
         os.makedirs(root)
     # 3. the new folders, parents first
     for path, e in sorted(new.items()):
-        if e["type"] != "dir" or os.path.isdir(path):
+        if e["type"] != "dir" or t.isdir(path):
             continue
-        if os.path.lexists(path):
+        if t.lstat(path) is not None:
             raise StackError(f"{path} is in the way: a folder is to be installed there")
-        os.mkdir(path)
-        os.chmod(path, int(e["mode"], 8))
+        t.mkdir(path, int(e["mode"], 8))
         out["created_dirs"].append(path)
     # 4. files and symlinks
     for path, e in sorted(new.items()):
         if e["type"] == "dir":
             continue
         backup = _under(j["backups"], path[cut:])
-        st = lstat(path)
-        if st is not None and _same(path, st, e, mode=True):
+        st = t.lstat(path)
+        if st is not None and _same(t, path, st, e, mode=True):
             if path in unowned:
                 if os.path.lexists(backup):
                     out["backups"][path] = backup
@@ -186,14 +386,14 @@ def _apply(j: dict) -> dict:
                 raise StackError(f"{path} is a folder: the install has a file there")
             if path in unowned:
                 if not os.path.lexists(backup):
-                    _copy(path, backup, owner)
+                    t.copy_out(path, backup, owner)
                 out["backups"][path] = backup
-            elif path in old and not _same(path, st, old[path]):
-                saved = _under(j["saved"], path[cut:])
-                if not os.path.lexists(saved):
-                    _copy(path, saved, owner)
-                out["saved"][path] = saved
-        _place(src, path, e)
+            elif path in old and not _same(t, path, st, old[path]):
+                save(path)
+        if e["type"] == "link":
+            t.put(path, link=e["target"])
+        else:
+            t.put(path, data=src, mode=int(e["mode"], 8))
         out["written"].append(path)
     return out
 
@@ -202,59 +402,11 @@ def _under(folder: str, path: str) -> str:
     return folder.rstrip("/") + path
 
 
-def _mkdirs(folder: str, owner: tuple[int, int] | None) -> None:
-    """Create ``folder`` and its missing parents, owned by ``owner`` (the
-    user, when this runs as root: backups live in the user's workdir)."""
-    if os.path.isdir(folder):
-        return
-    _mkdirs(os.path.dirname(folder), owner)
-    os.mkdir(folder)
-    if owner and os.geteuid() == 0:
-        os.chown(folder, *owner)
-
-
-def _copy(src: str, dest: str, owner: tuple[int, int] | None) -> None:
-    """Copy a file or symlink, its mode and owner kept; the copy appears
-    whole (written beside ``dest``, then renamed)."""
-    _mkdirs(os.path.dirname(dest), owner)
-    tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.kps-new")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    st = os.lstat(src)
-    if stat.S_ISLNK(st.st_mode):
-        os.symlink(os.readlink(src), tmp)
-    else:
-        shutil.copy2(src, tmp)
-    if os.geteuid() == 0:
-        os.lchown(tmp, st.st_uid, st.st_gid)
-        if not stat.S_ISLNK(st.st_mode):
-            os.chmod(tmp, stat.S_IMODE(st.st_mode))  # chown clears set-id bits
-    os.rename(tmp, dest)
-
-
-def _place(src: str, path: str, entry: dict) -> None:
-    """Put a staged file or symlink at ``path``: written beside it, synced,
-    then renamed over it, so a reader sees the old file or the new one."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.kps-new")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    if entry["type"] == "link":
-        os.symlink(entry["target"], tmp)
-    else:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with open(src, "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    os.write(fd, chunk)
-            os.fchmod(fd, int(entry["mode"], 8))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    os.rename(tmp, path)
-
-
 # --------------------------------------------------------------------------
 # The helper: `python -m tasks.journal apply JOURNAL` (through sudo)
+
+
+REFUSED = 3  # the exit status of a refused journal: nothing was written
 
 
 def main(argv: list[str]) -> int:
@@ -263,6 +415,9 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         result = apply(json.loads(Path(argv[1]).read_text()))
+    except Refused as err:
+        print(str(err), file=sys.stderr)
+        return REFUSED
     except (StackError, OSError, ValueError, KeyError) as err:
         print(str(err), file=sys.stderr)
         return 1

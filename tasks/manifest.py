@@ -31,7 +31,19 @@ Rules the merge keeps:
   changed file the new install replaces is saved first
   (``<workdir>/state/installs/saved/``);
 * a folder is removed only when it is empty and one of our installs created
-  it (``<workdir>/state/installs/dirs.json``).
+  it (``<workdir>/state/installs/dirs.json``);
+* nothing is written, removed, backed up or put back outside the target
+  root: each path is reached as a program chrooted into the root would
+  reach it (a symbolic link's absolute target starts again at the root),
+  and a path that cannot be reached so (a link whose ``..`` climbs above
+  the root, links that loop, a link standing where a folder goes that
+  leads to no folder inside the root) is refused before anything is
+  written, naming the link and the file (``journal.problems``, checked
+  when the merge or uninstall is planned and again when it is carried
+  out);
+* a file of ours may become a folder in the next version, and a folder we
+  created (holding only our files) a file; a file or folder that no
+  install recorded is never replaced by the other kind: that is refused.
 """
 
 from __future__ import annotations
@@ -45,7 +57,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import git, journal, run
+from . import git, inroot, journal, run
 from .action import task_id
 from .errors import StackError
 from .state import JsonFile
@@ -74,7 +86,19 @@ on_target = journal.on_target
 
 
 def target(ws: Workspace, path: str) -> Path:
-    return Path(on_target(target_root(ws), path))
+    """Where the target-system ``path`` is on this machine: under the
+    target root, the links on the way followed inside it (what the merge
+    wrote through ``lib64 -> /usr/lib`` is under the root's /usr/lib).
+    The live root / needs no such care: the kernel does the same."""
+    root = target_root(ws)
+    where = on_target(root, path)
+    if root == "/":
+        return Path(where)
+    t = inroot.Target(root)
+    try:
+        return Path(t.where(where))
+    except (inroot.Blocked, ValueError, OSError):
+        return Path(where)  # the merge refuses such a path; it is not ours
 
 
 def key(part_id: str) -> str:
@@ -122,6 +146,9 @@ def _run_journal(ws: Workspace, part_id: str, j: dict, tid: str) -> dict:
                            True)
         run.say(f"  {tid}: $ {' '.join(argv)}")
         res = run.query(argv, cwd=ROOT, check=False)
+        if res.code == journal.REFUSED:  # nothing was written: the journal is void
+            jf.clear()
+            raise StackError(res.err.strip())
         if not res.ok:
             raise StackError(f"{j['kind']} through sudo failed (exit code {res.code}): "
                              f"{res.err.strip() or res.out.strip()}",
@@ -131,7 +158,11 @@ def _run_journal(ws: Workspace, part_id: str, j: dict, tid: str) -> dict:
         except ValueError:
             raise StackError(f"{j['kind']} through sudo said: {res.out.strip()[:200]}") from None
     else:
-        result = journal.apply(j)
+        try:
+            result = journal.apply(j)
+        except journal.Refused:  # nothing was written: the journal is void
+            jf.clear()
+            raise
     _finish(ws, part_id, j, result)
     jf.clear()
     return result
@@ -231,57 +262,52 @@ def merge(ws: Workspace, part_id: str, stage: Path, tid: str) -> dict:
             for path, e in record(ws, other).read().get("entries", {}).items():
                 if e["type"] != "dir":
                     owners[path] = other
-        refuse(ws, tid, part_id, new, owners)
+        t = inroot.Target(root)
         unowned = [p for p, e in new.items()
                    if e["type"] != "dir" and (p not in old or old[p]["type"] == "dir")
-                   and _exists(p)]
+                   and _there(t, p)]
         j = {**_base(ws, part_id, "merge", root), "stage": str(stage), "old": old, "new": new,
              "old_backups": mine.get("backups", {}), "unowned": unowned}
+        refuse(ws, part_id, j, owners)
         result = _run_journal(ws, part_id, j, tid)
     _report(tid, j, result)
     return result
 
 
-def _exists(path: str) -> bool:
+def _there(t: inroot.Target, path: str) -> bool:
+    """Whether a file, link or anything but a folder is at ``path``."""
     try:
-        return journal.lstat(path) is not None
+        st = t.lstat(path)
     except PermissionError:
         return True  # behind a folder we cannot read: the merge (as root) looks
+    except (inroot.Blocked, StackError):
+        return False  # refused by journal.problems
+    return st is not None and not stat.S_ISDIR(st.st_mode)
 
 
-def refuse(ws: Workspace, tid: str, part_id: str, new: dict, owners: dict) -> None:
+def refuse(ws: Workspace, part_id: str, j: dict, owners: dict) -> None:
     """Stop, before anything is written, when a staged path belongs to
-    another part or cannot be put where it goes."""
-    problems, others = [], set()
-    for path, e in sorted(new.items()):
+    another part or cannot be put where it goes (``journal.problems``)."""
+    found, others = [], set()
+    for path, e in sorted(j["new"].items()):
         owner = owners.get(path)
         if owner is not None and e["type"] != "dir":
-            problems.append(f"{path} is installed by {owner}, and {part_id} installs it too")
+            found.append(("owner", f"{path} is installed by {owner}, and {part_id} installs it "
+                                   "too"))
             others.add(owner)
-            continue
-        try:
-            st = journal.lstat(path)
-        except PermissionError:
-            continue
-        if st is None:
-            continue
-        if e["type"] == "dir" and not os.path.isdir(path):
-            problems.append(f"{path} is a file on the target; {part_id} installs a folder there")
-        elif e["type"] != "dir" and stat.S_ISDIR(st.st_mode):
-            problems.append(f"{path} is a folder on the target; {part_id} installs a file there")
-    if not problems:
+    found += journal.problems(j)
+    if not found:
         return
-    current = {p.id for c in ws.stack.components.values() for p in c.parts}
-    gone = sorted(o for o in others if o not in current)
-    hint = "a file belongs to one component (or part): change the install commands of one of them"
+    hint = None
     if others:
-        hint += ", or uninstall the other first: " + ", ".join(
-            f"doit {task_id('uninstall', o)}" for o in sorted(others))
-    if gone:
-        hint += f" ({', '.join(gone)}: no longer in stack.yaml)"
-    shown = "\n".join(f"  {p}" for p in problems[:20])
-    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-    raise StackError(f"refused, nothing written:\n{shown}{more}", hint=hint)
+        current = {p.id for c in ws.stack.components.values() for p in c.parts}
+        gone = sorted(o for o in others if o not in current)
+        hint = ("a file belongs to one component (or part): change the install commands of one "
+                "of them, or uninstall the other first: "
+                + ", ".join(f"doit {task_id('uninstall', o)}" for o in sorted(others)))
+        if gone:
+            hint += f" ({', '.join(gone)}: no longer in stack.yaml)"
+    raise journal.refusal(j, found, hint)
 
 
 def uninstall(ws: Workspace, part_id: str, tid: str, quiet: bool = False) -> dict | None:
@@ -289,15 +315,19 @@ def uninstall(ws: Workspace, part_id: str, tid: str, quiet: bool = False) -> dic
     run installs it again (from the artifacts there are: no rebuild)."""
     with _lock:
         complete_pending(ws)
-        ws.stamps.clear(task_id("install", part_id))
         mine = record(ws, part_id).read()
         if not record(ws, part_id).exists():
+            ws.stamps.clear(task_id("install", part_id))
             if not quiet:
                 run.say(f"  {tid}: nothing recorded as installed by {part_id}")
             return None
         j = {**_base(ws, part_id, "uninstall", mine.get("root", target_root(ws))),
              "stage": None, "old": mine.get("entries", {}), "new": {},
              "old_backups": mine.get("backups", {}), "unowned": []}
+        found = journal.problems(j)
+        if found:  # refused, nothing removed: the install stays as it is, stamp and all
+            raise journal.refusal(j, found)
+        ws.stamps.clear(task_id("install", part_id))
         result = _run_journal(ws, part_id, j, tid)
     _report(tid, j, result)
     return result
