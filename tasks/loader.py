@@ -342,7 +342,7 @@ def doit_config(ws: Workspace, namespace: dict, argv: list[str] | None = None) -
 CACHE_VERSION = 2
 _SPEC = Path(__file__).parent / "spec"
 _CODE = [*sorted(_SPEC.glob("*.py")), Path(__file__).parent / "model.py",
-         Path(__file__).parent / "host" / "prereqs.py"]
+         Path(__file__).parent / "catalog.py"]
 
 
 def load(path, project: Path | None = None, store: bool = True) -> Stack:

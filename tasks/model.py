@@ -88,6 +88,33 @@ class Component:
         return tuple(seen)
 
 
+# OCI names (the distribution spec's): the spec refuses a cache url by this
+# rule and the registry client (host/oci.py) reads it by the same one.
+OCI_REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+                            r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+_OCI_HOST = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?$")
+
+
+def split_cache_url(url: str) -> tuple[str, str]:
+    """``oci://host[:port]/repo/prefix`` -> ``("host[:port]", "repo/prefix")``;
+    ``ValueError`` saying what is wrong otherwise."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "oci":
+        raise ValueError(f"cache url {url!r}: expected oci://host[:port]/repository")
+    if "@" in parts.netloc:
+        raise ValueError("cache url: credentials do not go in the url (put them in "
+                         "~/.docker/config.json or $REGISTRY_AUTH_FILE)")
+    host, prefix = parts.netloc, parts.path.strip("/")
+    if parts.query or parts.fragment or not _OCI_HOST.match(host):
+        raise ValueError(f"cache url {url!r}: expected oci://host[:port]/repository")
+    if prefix and not OCI_REPOSITORY.match(prefix):
+        raise ValueError(f"cache url {url!r}: {prefix!r} is not a repository name "
+                         "(lower-case letters, digits, '.', '_', '-', separated by '/')")
+    return host, prefix
+
+
 @dataclass(frozen=True)
 class Cache:
     """``settings.cache``: where the shared build cache is (``oci://host/prefix``)."""

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.host import prereqs
-from tasks.host.prereqs import Range, parse
+from tasks import catalog
+from tasks.catalog import Range, parse
 from tasks.spec import load_stack
 from tasks.steps import check
 from tasks.workspace import Workspace
@@ -291,7 +291,7 @@ def test_parse_invalid(entry, message):
     with pytest.raises(ValueError) as info:
         parse(entry)
     assert message in str(info.value)
-    assert prereqs.problems(["gcc", entry]) == [(1, str(info.value))]
+    assert catalog.problems(["gcc", entry]) == [(1, str(info.value))]
 
 
 @pytest.mark.parametrize("bounds, version, verdict", [
@@ -312,7 +312,7 @@ def test_range_compares_numerically(bounds, version, verdict):
 
 
 def test_catalog_has_install_commands_for_every_package_requirement():
-    for p in prereqs.CATALOG.values():
+    for p in catalog.CATALOG.values():
         assert p.what
         if p.id in ("kvm", "vhost-vsock"):
             assert p.hint and "modprobe" in p.hint
@@ -322,7 +322,7 @@ def test_catalog_has_install_commands_for_every_package_requirement():
             "python3", "glib-dev", "pixman-dev", "libcap-ng-dev", "libseccomp-dev",
             "libattr-dev", "uapi-headers", "cpio", "kmod", "file", "bc", "fakeroot", "wget",
             "strip", "runc", "conmon", "kvm", "vhost-vsock", "virtiofsd", "sudo",
-            "archivemount", "lz4"} <= set(prereqs.CATALOG)
+            "archivemount", "lz4"} <= set(catalog.CATALOG)
 
 
 def test_pkg_config_module_version_comes_from_its_pc_file(project, tools, monkeypatch):
@@ -455,7 +455,7 @@ def test_rustup_proxy_is_not_asked_for_a_toolchain_that_is_not_installed(project
     got = results(ws)[label]
     assert got.status == "BROKEN" and "toolchain '1.58.1' is not installed" in got.found
     assert not calls.exists()
-    fixes = dict(prereqs.fixes(got.need.prereq, got.need.range, got.need.environ()))
+    fixes = dict(catalog.fixes(got.need.prereq, got.need.range, got.need.environ()))
     assert fixes["rustup"] == "rustup toolchain install 1.58.1"
 
     (home / "toolchains" / "1.58.1-x86_64-unknown-linux-gnu").mkdir()
@@ -471,4 +471,4 @@ def test_rustup_proxy_is_not_asked_for_a_toolchain_that_is_not_installed(project
     ((), "stable"),
 ])
 def test_rustup_hint_picks_a_toolchain_in_range(bounds, toolchain):
-    assert prereqs.rustup_toolchain(Range(bounds), {}) == toolchain
+    assert catalog.rustup_toolchain(Range(bounds), {}) == toolchain

@@ -50,6 +50,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from ..errors import StackError
+from ..model import OCI_REPOSITORY, split_cache_url
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.kata-passt-stack.install.config.v1+json"
@@ -57,9 +58,6 @@ LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 ANNOTATION_PREFIX = "kata-passt-stack."
 MAX_MANIFEST = 4 * 1024 * 1024
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_COMPONENT_RE = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPO_RE = re.compile(rf"^{_COMPONENT_RE}(?:/{_COMPONENT_RE})*$")
-_HOST_RE = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?$")
 
 
 class CacheError(StackError):
@@ -83,26 +81,18 @@ class CacheAuthError(CacheError):
 
 
 def parse_url(url: str) -> tuple[str, str]:
-    """``oci://host[:port]/repo/prefix`` -> ``("host[:port]", "repo/prefix")``."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "oci":
-        raise CacheError(f"cache url {url!r}: expected oci://host[:port]/repository")
-    if "@" in parts.netloc:
-        raise CacheError("cache url: credentials do not go in the url",
-                         hint="put them in ~/.docker/config.json or $REGISTRY_AUTH_FILE")
-    host, prefix = parts.netloc, parts.path.strip("/")
-    if parts.query or parts.fragment or not _HOST_RE.match(host):
-        raise CacheError(f"cache url {url!r}: expected oci://host[:port]/repository")
-    if prefix and not _REPO_RE.match(prefix):
-        raise CacheError(f"cache url {url!r}: {prefix!r} is not a repository name "
-                         "(lower-case letters, digits, '.', '_', '-', separated by '/')")
-    return host, prefix
+    """``oci://host[:port]/repo/prefix`` -> ``("host[:port]", "repo/prefix")``
+    (``model.split_cache_url``'s rule, which the spec checked already)."""
+    try:
+        return split_cache_url(url)
+    except ValueError as err:
+        raise CacheError(str(err)) from None
 
 
 def repository(prefix: str, component: str) -> str:
     """``<prefix>/<component>``, lower-case."""
     name = "/".join(p for p in (prefix, component.lower()) if p)
-    if not _REPO_RE.match(name):
+    if not OCI_REPOSITORY.match(name):
         raise CacheError(f"{name!r} is not a repository name")
     return name
 

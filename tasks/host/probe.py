@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import run
-from .prereqs import _SBIN, CATALOG, Prereq
+from ..catalog import _SBIN, CATALOG, Prereq
 from .runtime import host_root
 
 # --------------------------------------------------------------------------

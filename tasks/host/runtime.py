@@ -24,12 +24,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..catalog import DISTRO_VIRTIOFSD
+
 ROOT_ENV = "KPS_CHECK_ROOT"
 
-# The virtiofsd QEMU builds, then where distributions put theirs.
+# The virtiofsd QEMU builds, then where distributions put theirs (the
+# catalog's virtiofsd entry: DISTRO_VIRTIOFSD).
 VIRTIOFSD = ("{prefix}/libexec/virtiofsd",)
-DISTRO_VIRTIOFSD = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd", "/usr/lib/virtiofsd",
-                    "/usr/lib/virtiofsd/virtiofsd", "/usr/libexec/kata-qemu/virtiofsd")
 # The QEMU the stack builds, then the distributions' (Debian's, Fedora's).
 QEMU = ("{prefix}/bin/qemu-system-x86_64",)
 DISTRO_QEMU = ("/usr/bin/qemu-system-x86_64", "/usr/libexec/qemu-kvm")

@@ -8,8 +8,8 @@ import graphlib
 import os
 from pathlib import Path
 
+from .. import catalog
 from ..errors import did_you_mean
-from ..host import oci, prereqs
 from ..model import (
     VARIABLES,
     WRAPPER,
@@ -23,6 +23,7 @@ from ..model import (
     Pod,
     Settings,
     Stack,
+    split_cache_url,
     variables_in,
 )
 from .problems import Problems
@@ -45,10 +46,9 @@ def _cache(s: SettingsFile, problems: Problems) -> Cache | None:
     if s.cache is None:
         return None
     try:
-        _, prefix = oci.parse_url(s.cache.url)
-    except oci.CacheError as err:
-        hint = f" ({err.hint})" if err.hint else ""
-        problems.add(("settings", "cache", "url"), err.message + hint)
+        _, prefix = split_cache_url(s.cache.url)
+    except ValueError as err:
+        problems.add(("settings", "cache", "url"), str(err))
         return None
     if not prefix:  # the components' repositories would land at the registry's top level
         problems.add(("settings", "cache", "url"),
@@ -129,7 +129,7 @@ def resolve(path: Path, s: SettingsFile, model_components: dict[str, ComponentFi
                                  "install, installs and env inside each part")
             if not c.parts:
                 problems.add(loc + ("parts",), "empty: give at least one part or drop 'parts'")
-            for i, message in prereqs.problems(c.requires):
+            for i, message in catalog.problems(c.requires):
                 problems.add(loc + ("requires", i), message)
             for pname, part in (c.parts or {}).items():
                 if not PART_RE.match(pname):
@@ -214,7 +214,7 @@ def _part(component: str, name: str | None, f: PartFile, loc, settings: Settings
         elif key in RESERVED_ENV:
             problems.add(loc + ("env", key), f"{key} is set by the tool for every command; "
                          "change it in settings instead")
-    for i, message in prereqs.problems(f.requires):
+    for i, message in catalog.problems(f.requires):
         problems.add(loc + ("requires", i), message)
     return Part(
         component=component, name=name, build=f.build, artifacts=f.artifacts,

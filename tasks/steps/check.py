@@ -1,7 +1,7 @@
 """check: every prerequisite of this stack, what was found, what is wanted,
 and how to install what is missing.
 
-Which requirements apply (the catalog is tasks/host/prereqs.py):
+Which requirements apply (the catalog is tasks/catalog.py):
 
 * ``git``, always (fetch);
 * every ``requires`` entry of every part (a component's list is inherited by
@@ -35,10 +35,11 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from .. import catalog
 from ..action import Done, step, task_id
+from ..catalog import CATALOG, Prereq, Range
 from ..errors import StackError
-from ..host import podhints, prereqs, probe, runtime
-from ..host.prereqs import CATALOG, Prereq, Range
+from ..host import podhints, probe, runtime
 from ..host.probe import Found
 from ..run import is_root, say
 from ..state import Check, digest
@@ -177,7 +178,7 @@ def collect(ws: Workspace, euid: int | None = None,
 
     def add(entry: str, why: str, required: bool, env=()) -> None:
         try:
-            rid, rng = prereqs.parse(entry)
+            rid, rng = catalog.parse(entry)
         except ValueError as err:
             raise StackError(f"{why}: requires: {err}",
                              hint=f"fix the 'requires' list in {stack.path}") from None
@@ -386,7 +387,7 @@ def _sudo() -> str:
 
 
 def _fix_lines(r: Result, indent: str) -> list[str]:
-    rows = prereqs.fixes(r.need.prereq, r.need.range, r.need.environ(), _sudo())
+    rows = catalog.fixes(r.need.prereq, r.need.range, r.need.environ(), _sudo())
     width = max((len(w) for w, _ in rows), default=0) + 1
     return [f"{indent}{(w + ':').ljust(width)} {cmd}" for w, cmd in rows]
 

@@ -1,12 +1,14 @@
 """The prerequisites catalog: what each requirement id means, how to find it
-on this machine, and how to install it on Debian/Ubuntu and Fedora.
+on this machine, and how to install it on Debian/Ubuntu and Fedora.  The
+spec validates ``requires:`` lists against it and the host side probes and
+fixes what it names, so it lives in the core, below both.
 
 stack.yaml names requirements in ``requires:`` lists: an id from the catalog,
 optionally followed by a version range (``gcc``, ``go >=1.17``,
 ``rust >=1.54 <1.59``), or ``!id`` for a program that must NOT be installed
 (``!archivemount``).  ``parse()`` reads one entry.
 
-Finding a requirement on this machine is ``probe.py``'s.
+Finding a requirement on this machine is ``host/probe.py``'s.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..errors import closest
-from .runtime import DISTRO_VIRTIOFSD
+from .errors import closest
 
+# Where distributions put virtiofsd (host/runtime.py looks there too, after
+# the stack's own).
+DISTRO_VIRTIOFSD = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd", "/usr/lib/virtiofsd",
+                    "/usr/lib/virtiofsd/virtiofsd", "/usr/libexec/kata-qemu/virtiofsd")
 _VERSION = r"(\d+(?:\.\d+)+)"
 _SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
