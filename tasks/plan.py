@@ -198,8 +198,8 @@ def words(check: state.Check) -> str:
     return reason
 
 
-_KEY_ORDER = ["git", "ref", "commit", "base", "patches", "source", "needs", "commands", "env",
-              "settings", "artifacts", "destdir", "prefix"]
+_KEY_ORDER = ["git", "ref", "commit", "base", "patches", "source", "build", "needs", "commands",
+              "env", "settings", "artifacts", "destdir", "prefix"]
 
 
 def _short(value) -> str:
@@ -234,6 +234,14 @@ def _changed(key: str, a, b) -> str | None:
             more = f" (+{len(edited) - 1} more)" if len(edited) > 1 else ""
             return f"local edits: {edited[0]}{more}"
         return "the checkout holds another tree"
+    if key == "build":  # an install without artifacts: what its build ran on
+        a, b = a or {}, b or {}
+        if a.get("content") != b.get("content"):
+            return "the checkout's content changed"
+        for sub in ("needs", "commands", "env", "settings"):
+            if a.get(sub) != b.get(sub):
+                return _changed(sub, a.get(sub), b.get(sub)) if sub == "needs" \
+                    else f"the build's {sub} changed"
     if key == "needs":
         a, b = a or {}, b or {}
         for part in sorted(set(a) | set(b)):
