@@ -5,28 +5,34 @@ its dependencies ran; ``doit list --status`` and ``doit info`` ask before,
 and so saw ``build:beta`` as up to date after alpha's ref changed, although
 the run rebuilds it once alpha is reinstalled.  In read-only runs (list,
 info, help, and the ``status``, ``graph`` and ``show`` tasks) the loader
-installs ``predict`` as every check's first step (``state.predict_with``):
-a task is stale when its own check says so, or when a dependency will run
-and what that dependency produces is part of this task's key:
+installs ``predict`` as every check's first step (``state.predict_with``).
 
-=================  ==========================  =====================================
-dependency         task                        why it follows
-=================  ==========================  =====================================
-``fetch:A``        ``patch:A``                 the base commit changes
-``patch:A``        ``build:A``, ``image``      the checkout moves
-``build:P``        ``install:P``               the artifacts are rebuilt
-``install:P``      what ``needs`` it           its installed content is in their key
-``image``          ``config:*``                the kernel and initrd values
-=================  ==========================  =====================================
+A verdict has three values.  A task **will run** when its own check says
+so for a reason no dependency's run can undo (a key that changed, an
+output missing, no stamp).  It **may run** when it is stale, or could
+become stale, only through what a dependency that runs first produces, and
+that may come out the same: the condition says what decides.
 
-``check`` is a dependency of every build but never part of a key, and a
-``patch:A`` running does not make ``patch:B`` (which reads a patch from
-A's checkout) stale: its own check already reads the patch file as it is.
-A task that is stale only because an output is missing (an installed
-file deleted) puts back the same content: what depends on it does not
-follow.  One case is knowable only by building: an install after a build
-whose artifacts come out byte-identical is skipped at run time, although
-it is predicted here (its reason says so).
+=================  ==========================  ===========================================
+dependency         task                        may run ...
+=================  ==========================  ===========================================
+``fetch:A``        ``patch:A``                 if the ref names another commit (not known
+                                               before fetching, unless stack.lock has it)
+``patch:A``        ``build:A``, ``image``      if the patched checkout is another tree
+``patch:A``        ``patch:B``                 if A's checkout holds another patch for B
+``build:P``        ``install:P``               if the artifacts come out different
+``install:P``      what ``needs`` it, the      if the installed content changes
+                   image, the configs
+``image``          ``config:*``                if the kernel or initrd changes
+=================  ==========================  ===========================================
+
+``check`` is a dependency of every build but never part of a key.  A task
+that runs only because an output is missing (an installed file deleted)
+puts back the same content from the same inputs: the tasks that read only
+what it recorded do not follow (a build whose artifact was deleted does
+make its install "may run": the install reads the artifacts themselves).
+``doit list --status`` and ``doit info`` count "may run" as run: they
+only say up to date when it is sure.
 
 ``words(check)`` gives a stale check's first reason in the stack's terms
 (``ref v1 -> v2``, ``patch patches/x.patch changed``, ``local edits: a.go
@@ -36,6 +42,7 @@ it is predicted here (its reason says so).
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from . import state
 
@@ -54,69 +61,141 @@ def subject(tid: str) -> str:
 
 
 def follows(dep: str, tid: str) -> bool:
-    """Whether ``tid`` must run when its dependency ``dep`` runs."""
-    if kind(dep) == "check":
-        return False
-    if kind(dep) == "patch" and kind(tid) == "patch":
-        return False  # a patch source: its file is read as it is now
-    return True
+    """Whether what ``dep`` produces can change ``tid``'s key at all."""
+    return kind(dep) != "check"
+
+
+# The parts of a task's key that a dependency of the given kind produces:
+# a key that differs now only in those may be put back by that dependency's
+# run (an installed file deleted changes the image's ``programs`` now; the
+# install puts it back).  Everything else in a key is final once read.
+FED: dict[str, dict[str, tuple[str, ...]]] = {
+    "patch": {"patches": ("patch",)},  # a patch read from another component's checkout
+    "build": {"source": ("patch",), "needs": ("install",)},
+    "image": {"source": ("patch",), "needs": ("install",), "programs": ("install",)},
+    "install": {"artifacts": ("build",), "build": ("build",)},
+    "config": {"set": ("image", "install", "config"), "base": ("install",)},
+}
+
+
+class Verdict(NamedTuple):
+    runs: bool  # will or may run: what doit list --status and info say (conservative)
+    why: str
+    condition: str = ""  # for a task that may run: what decides, "if ..."
+
+    @property
+    def will(self) -> bool:
+        return self.runs and not self.condition
+
+    @property
+    def may(self) -> bool:
+        return self.runs and bool(self.condition)
+
+
+UP_TO_DATE = Verdict(False, "up to date")
 
 
 class Planner:
     """Verdicts of every check, memoised for one read-only run."""
 
     def __init__(self):
-        self.verdicts: dict[str, tuple[bool, str]] = {}
-        self.restores: set[str] = set()  # stale only because an output is missing
+        self.verdicts: dict[str, Verdict] = {}
+        self.restores: set[str] = set()  # will run only because an output is missing
+        self.decided_by: dict[str, str] = {}  # a task that may run -> the dependency
 
     def __call__(self, check: state.Check) -> bool:
-        runs, reason = self.verdict(check.task_id)
-        check.reason = reason
-        return not runs
+        v = self.verdict(check.task_id)
+        check.reason = v.why
+        return not v.runs
 
-    def verdict(self, tid: str) -> tuple[bool, str]:
-        """(will run, why) for task ``tid``."""
+    def verdict(self, tid: str) -> Verdict:
+        """Will ``tid`` run, may it, or is it up to date; and why."""
         if tid in self.verdicts:
             return self.verdicts[tid]
         check = state.CHECKS.get(tid)
         if check is None:  # a task without a check always runs
-            self.verdicts[tid] = (True, "it has no up-to-date check: it always runs")
+            self.verdicts[tid] = Verdict(True, "it has no up-to-date check: it always runs")
             return self.verdicts[tid]
-        self.verdicts[tid] = (False, "up to date")  # (no cycles; be safe)
-        result = None
-        for dep in deps(tid):
-            if dep not in state.CHECKS or not follows(dep, tid):
-                continue
-            runs, _ = self.verdict(dep)
-            if runs and dep not in self.restores:
-                result = (True, because_of(dep, tid, self.root(dep)))
-                break
-        if result is None:
-            ok = state.own_verdict(check, check.task)
-            result = (not ok, words(check) if not ok else check.reason)
-            if not ok and check.compared is not None and not state.explain(*check.compared):
-                # only a missing output: the task puts back the same content,
-                # so nothing downstream changes (an install of the same files)
-                self.restores.add(tid)
+        self.verdicts[tid] = UP_TO_DATE  # (no cycles; be safe)
+        running = [d for d in deps(tid) if d in state.CHECKS and follows(d, tid)
+                   and self.verdict(d).runs]
+        ok = state.own_verdict(check, check.task)
+        if ok:
+            # only a dependency that may make something new can change it
+            feeding = [d for d in running if d not in self.restores]
+            result = self._may(tid, feeding[0]) if feeding else Verdict(False, check.reason)
+        elif check.compared is None and check.stamps.read(tid) is not None:
+            # its key cannot be read yet (the ref is not resolved, an
+            # artifact is gone): what runs before it decides
+            result = self._may(tid, running[0]) if running else Verdict(True, words(check))
+        elif check.compared is not None and not state.explain(*check.compared):
+            # only a missing output: it puts back what it made
+            self.restores.add(tid)
+            result = Verdict(True, words(check))
+        else:
+            by = self._feeder(tid, check, running)
+            result = self._may(tid, by) if by else Verdict(True, words(check))
         self.verdicts[tid] = result
         return result
 
+    def _feeder(self, tid: str, check: state.Check, running: list[str]) -> str | None:
+        """The running dependency that produces every part of the key that
+        changed, if one does (then the task may run); else None."""
+        if check.compared is None:
+            return None  # never ran: it runs
+        old, new = check.compared
+        changed = [k for k in set(old) | set(new) if old.get(k) != new.get(k)]
+        fed = FED.get(kind(tid), {})
+        by = None
+        for key in changed:
+            kinds = fed.get(key, ())
+            dep = next((d for d in running if kind(d) in kinds), None)
+            if dep is None:
+                return None
+            by = by or dep
+        return by
+
+    def _may(self, tid: str, dep: str) -> Verdict:
+        self.decided_by[tid] = dep
+        cond = condition(dep, tid)
+        return Verdict(True, f"may run: {cond} ({self.root(dep)})", cond)
+
     def root(self, tid: str) -> str:
-        """The first reason down the chain: what really changed."""
-        runs, reason = self.verdict(tid)
-        for dep in deps(tid):
-            if dep in state.CHECKS and follows(dep, tid) and self.verdict(dep)[0] \
-                    and dep not in self.restores:
-                return self.root(dep)
-        return reason
+        """What really changed: the reason of the first task down the chain
+        that will run."""
+        seen = set()
+        while tid in self.decided_by and tid not in seen:
+            seen.add(tid)
+            tid = self.decided_by[tid]
+        return self.verdict(tid).why
 
 
-def because_of(dep: str, tid: str, root: str) -> str:
-    if kind(dep) == "install":
-        return f"needs {dep.split(':', 1)[1]}, which will be reinstalled ({root})"
-    if kind(dep) == "build" and kind(tid) == "install":
-        return f"{dep} will run first ({root}); skipped if its artifacts come out the same"
-    return f"{dep} will run first ({root})"
+def condition(dep: str, tid: str) -> str:
+    """What decides whether ``tid`` runs once ``dep`` ran, in plain words."""
+    k = kind(dep)
+    if k == "fetch":
+        fetch = state.CHECKS.get(dep)
+        ref = fetch.compared[1].get("ref") if fetch is not None and fetch.compared else None
+        check = state.CHECKS.get(tid)
+        stamp = check.stamps.read(tid) if check is not None else None
+        base = (stamp or {}).get("key", {}).get("base")
+        if ref and isinstance(base, str):
+            return f"if {ref} names another commit than {base[:12]}"
+        return f"if {dep} finds another commit"
+    if k == "patch" and kind(tid) == "patch":
+        return f"if {dep} changes the patch it reads from {subject(dep)}'s checkout"
+    if k == "patch":
+        return f"if {dep} gives a different tree"
+    if k == "build":
+        part = getattr(state.CHECKS.get(tid), "part", None)
+        if part is not None and not getattr(part, "artifacts", True):
+            return f"if {dep} ran on other content"
+        return f"if {dep}'s artifacts come out different"
+    if k == "install":
+        return f"if {dep}'s content changes"
+    if k == "image":
+        return "if the image's kernel or initrd changes"
+    return f"if {dep} changes what it writes"
 
 
 def deps(tid: str) -> list[str]:
@@ -167,10 +246,11 @@ def default_groups(defaults) -> list[str]:
     return [g for g in defaults if any(t == g or t.startswith(g + ":") for t in state.CHECKS)]
 
 
-def would_run(groups) -> list[tuple[str, str]]:
-    """(task, why) of each task a doit run of ``groups`` would run, in order."""
+def would_run(groups) -> list[tuple[str, Verdict]]:
+    """(task, verdict) of each task a doit run of ``groups`` will or may
+    run, in order."""
     p = planner()
-    return [(tid, p.verdict(tid)[1]) for tid in order(groups) if p.verdict(tid)[0]]
+    return [(tid, p.verdict(tid)) for tid in order(groups) if p.verdict(tid).runs]
 
 
 # --------------------------------------------------------------------------

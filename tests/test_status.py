@@ -11,7 +11,9 @@ from conftest import commit_all, git, write
 from test_graph import _snapshot
 
 
-def _status(ab):
+def _status(ab, may: set | None = None):
+    """status's output, its component lines by name, and the tasks it lists
+    (those that may run also go into ``may``)."""
     res = ab.doit("status")
     lines = res.out.splitlines()
     comp = {line.split()[0]: line for line in lines if line and not line.startswith(" ")
@@ -22,20 +24,34 @@ def _status(ab):
             seen = True
         elif seen and line.startswith("  "):
             todo.append(line.split()[0])
+            if may is not None and line.split()[1:3] == ["may", "run:"]:
+                may.add(todo[-1])
     return res, comp, todo
 
 
 def test_status_after_a_ref_change_names_downstream_tasks_and_matches_the_run(ab):
     ab.doit()
     ab.edit_stack("ref: v1", "ref: v2")
-    res, comp, todo = _status(ab)
+    may = set()
+    res, comp, todo = _status(ab, may)
+    old = git(ab.src("alpha"), "rev-parse", "v1^{commit}")[:12]
     assert "stale: ref v1 -> v2" in comp["alpha"]
-    assert "stale: needs alpha, which will be reinstalled" in comp["beta"]
+    # Before fetching, v2's commit is not known; nor what alpha's v2 holds
+    # for beta: all of that may run, and each line says on what it depends.
+    assert "may run: if patch:alpha changes the patch it reads from alpha's checkout " \
+           "(ref v1 -> v2)" in comp["beta"]
     assert "1 patch(es) applied" in comp["beta"] and "0 local edit(s)" in comp["beta"]
     assert "built, installed" in comp["alpha"]
+    assert "a plain doit would run 1 task(s), and 6 more may run, in this order:" in res.out
+    assert f"patch:alpha    may run: if v2 names another commit than {old} (ref v1 -> v2)" \
+        in res.out
+    assert "install:alpha  may run: if build:alpha's artifacts come out different" in res.out
+    assert "build:beta     may run: if patch:beta gives a different tree" in res.out
+    assert set(todo) - may == {"fetch:alpha"}
     ran = ab.doit().ran
-    assert todo == ran == ["fetch:alpha", "patch:alpha", "build:alpha", "install:alpha",
-                           "build:beta", "install:beta"]
+    assert ran == ["fetch:alpha", "patch:alpha", "build:alpha", "install:alpha", "build:beta",
+                   "install:beta"]
+    assert set(ran) <= set(todo) and todo == ran[:2] + ["patch:beta"] + ran[2:]
     _, comp, todo = _status(ab)
     assert todo == [] and comp["beta"].endswith("up to date")
 
@@ -46,27 +62,30 @@ def test_list_status_and_info_agree_with_the_run(ab):
     listed = ab.doit("list", "--status", "--all").out
     status = dict(line.split()[:2][::-1] for line in listed.splitlines() if line[:2] in
                   ("R ", "U "))
+    # what may run counts as run there: they say up to date only when sure
     assert status["build:beta"] == "R" and status["install:beta"] == "R"
-    assert status["patch:beta"] == "U" and status["check"] == "U"
+    assert status["patch:beta"] == "R" and status["check"] == "U" and status["fetch:beta"] == "U"
     info = ab.doit("info", "patch:alpha", expect=None)
-    assert "fetch:alpha will run first (ref v1 -> v2)" in info.out
+    assert "may run: if v2 names another commit than" in info.out
     assert "not resolved yet" not in info.out
-    assert "needs alpha, which will be reinstalled" in ab.doit("info", "build:beta",
-                                                               expect=None).out
+    assert "may run: if patch:beta gives a different tree (ref v1 -> v2)" in \
+        ab.doit("info", "build:beta", expect=None).out
 
 
 def test_status_reasons_patch_edit_and_missing_install(ab):
     ab.doit()
     other = ab.src("alpha") / "contrib/beta/0001-beta-greets.patch"
     other.write_text(other.read_text().replace("+hello from the patch", "+hello, edited"))
-    _, comp, todo = _status(ab)
+    may = set()
+    _, comp, todo = _status(ab, may)
     assert re.search(r"stale: patch contrib/beta/0001-beta-greets.patch \(in alpha's "
                      r"checkout\) changed", comp["beta"])
     assert "stale: local edits: contrib/beta/0001-beta-greets.patch" in comp["alpha"]
     assert "1 local edit(s)" in comp["alpha"]
-    # The one thing knowable only by building: alpha's artifact comes out the
-    # same, so install:alpha (predicted, and said to be skipped if so) is not run.
+    # What only building can tell: alpha's artifact comes out the same, so
+    # install:alpha (which may run, and says so) is not run.
     assert todo == ["patch:beta", "build:alpha", "install:alpha", "build:beta", "install:beta"]
+    assert may == {"install:alpha", "build:beta", "install:beta"}
     assert sorted(ab.doit().ran) == sorted(set(todo) - {"install:alpha"})
     write(ab.src("beta") / "beta.in", "one\n")
     write(ab.src("beta") / "new.txt", "two\n")
@@ -114,15 +133,18 @@ def test_graph_writes_dot_and_mermaid_with_needs_and_stale_marks(ab):
     assert "graph.dot" in res.out and "graph.mmd" in res.out
     assert '"install:alpha" -> "build:beta";' in dot
     assert '"fetch:alpha" -> "patch:alpha";' in dot
-    assert re.search(r'"build:beta" \[fillcolor="#f8c471", tooltip="needs alpha, which will '
-                     r'be reinstalled', dot)
-    assert re.search(r'"patch:beta" \[fillcolor="#d5f5e3", tooltip="up to date', dot)
+    assert re.search(r'"fetch:alpha" \[fillcolor="#f8c471", tooltip="ref v1 -> v2"', dot)
+    assert re.search(r'"build:beta" \[fillcolor="#fdebd0", style="rounded,filled,dashed", '
+                     r'tooltip="may run: if patch:beta gives a different tree', dot)
+    assert re.search(r'"fetch:beta" \[fillcolor="#d5f5e3", tooltip="up to date', dot)
+    assert "1 would run" in res.out and "6 more may run" in res.out
     assert 'label="alpha"' in dot and 'label="beta"' in dot
     ids = dict(re.findall(r'(t\d+)\["([^"]+)"\]', mmd))
     names = {v: k for k, v in ids.items()}
     assert f"{names['install:alpha']} --> {names['build:beta']}" in mmd
-    assert f"class {names['build:beta']} stale" in mmd
-    assert f"class {names['patch:beta']} fresh" in mmd
+    assert f"class {names['fetch:alpha']} stale" in mmd
+    assert f"class {names['build:beta']} maybe" in mmd
+    assert f"class {names['fetch:beta']} fresh" in mmd
 
 
 def test_show_prints_the_resolved_component(ab):

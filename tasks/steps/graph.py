@@ -2,7 +2,8 @@
 
 Nodes are the tasks a plain doit visits, grouped by component; edges are
 their real dependencies (a ``needs`` is ``install:A -> build:B``); a task
-that would run is filled, with a tooltip saying why (``tasks/plan.py``).
+that will run is filled orange, one that may run (``tasks/plan.py``) light
+orange and dashed, each with a tooltip saying why.
 Writes only ``<workdir>/graph.dot``, ``graph.mmd`` and ``graph.svg``:
 outputs, not state (``state.atomic_write`` refuses in read-only runs).
 """
@@ -17,12 +18,20 @@ from .. import loader, plan, run
 from ..action import Report
 from ..workspace import Workspace
 
-STALE, FRESH = "#f8c471", "#d5f5e3"
+STALE, MAYBE, FRESH = "#f8c471", "#fdebd0", "#d5f5e3"
 
 
-def nodes(groups) -> list[tuple[str, bool, str]]:
+def nodes(groups) -> list[tuple[str, plan.Verdict]]:
     p = plan.planner()
-    return [(t, *p.verdict(t)) for t in plan.order(groups)]
+    return [(t, p.verdict(t)) for t in plan.order(groups)]
+
+
+def _colour(v: plan.Verdict) -> str:
+    return STALE if v.will else MAYBE if v.may else FRESH
+
+
+def _class(v: plan.Verdict) -> str:
+    return "stale" if v.will else "maybe" if v.may else "fresh"
 
 
 def _cluster(tid: str) -> str:
@@ -47,9 +56,9 @@ def dot(items, links) -> str:
     for n, (name, members) in enumerate(clusters.items()):
         out.append(f"  subgraph cluster_{n} {{")
         out.append(f"    label={_q(name)}; style=dashed; color=\"#999999\";")
-        for tid, stale, why in members:
-            colour = STALE if stale else FRESH
-            out.append(f"    {_q(tid)} [fillcolor=\"{colour}\", tooltip={_q(why)}];")
+        for tid, v in members:
+            dashed = ', style="rounded,filled,dashed"' if v.may else ""
+            out.append(f"    {_q(tid)} [fillcolor=\"{_colour(v)}\"{dashed}, tooltip={_q(v.why)}];")
         out.append("  }")
     for a, b in links:
         style = ' [style=dotted, color="#bbbbbb"]' if a == "check" else ""
@@ -70,16 +79,17 @@ def mermaid(items, links) -> str:
         clusters.setdefault(_cluster(item[0]), []).append(item)
     for n, (name, members) in enumerate(clusters.items()):
         out.append(f'  subgraph c{n}["{name}"]')
-        for tid, _, _ in members:
+        for tid, _ in members:
             out.append(f'    {_mid(tid, ids)}["{tid}"]')
         out.append("  end")
     for a, b in links:
         out.append(f"  {_mid(a, ids)} --> {_mid(b, ids)}")
     out.append(f"  classDef stale fill:{STALE},stroke:#b9770e")
+    out.append(f"  classDef maybe fill:{MAYBE},stroke:#b9770e,stroke-dasharray:4")
     out.append(f"  classDef fresh fill:{FRESH},stroke:#1e8449")
-    for tid, stale, why in items:
-        out.append(f"  class {_mid(tid, ids)} {'stale' if stale else 'fresh'}")
-        out.append(f'  click {_mid(tid, ids)} "#" "{why.replace(chr(34), chr(39))}"')
+    for tid, v in items:
+        out.append(f"  class {_mid(tid, ids)} {_class(v)}")
+        out.append(f'  click {_mid(tid, ids)} "#" "{v.why.replace(chr(34), chr(39))}"')
     return "\n".join(out) + "\n"
 
 
@@ -96,7 +106,7 @@ def _write(path: Path, data: str | bytes) -> None:
 
 def write(ws: Workspace) -> str:
     items = nodes(plan.default_groups(loader.DEFAULT_TASKS))
-    links = edges([t for t, _, _ in items])
+    links = edges([t for t, _ in items])
     text = dot(items, links)
     made = [ws.workdir / "graph.dot", ws.workdir / "graph.mmd"]
     _write(made[0], text)
@@ -106,8 +116,10 @@ def write(ws: Workspace) -> str:
         if svg.ok:
             _write(ws.workdir / "graph.svg", svg.stdout)
             made.append(ws.workdir / "graph.svg")
-    stale = sum(1 for _, s, _ in items if s)
-    lines = [f"graph: {len(items)} task(s), {stale} would run (filled {STALE}):"]
+    will = sum(1 for _, v in items if v.will)
+    may = sum(1 for _, v in items if v.may)
+    lines = [f"graph: {len(items)} task(s), {will} would run (filled {STALE}), {may} more may "
+             f"run (dashed, {MAYBE}):"]
     lines += [f"  {run.shown_path(p)}" for p in made]
     if len(made) == 2:
         lines.append("  (install Graphviz for graph.svg: apt-get install graphviz)")
@@ -118,6 +130,6 @@ def task(ws: Workspace) -> dict:
     return {
         "doc": "write the task graph to <workdir>/graph.dot and graph.mmd (and graph.svg with "
                "Graphviz): tasks by component, needs as install:A -> build:B, what would run "
-               "filled, with the reason as tooltip (reruns every time)",
+               "filled (what may run dashed), with the reason as tooltip (reruns every time)",
         "actions": [Report(lambda: write(ws))],
     }

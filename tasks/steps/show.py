@@ -20,7 +20,7 @@ def _applied(ws: Workspace, c: Component) -> list[str]:
     stamp = ws.stamps.read(task_id("patch", c.name))
     done = dict(map(tuple, (stamp or {}).get("key", {}).get("patches", [])))
     tid = task_id("patch", c.name)
-    fresh = tid in state.CHECKS and not plan.planner().verdict(tid)[0]
+    v = plan.planner().verdict(tid) if tid in state.CHECKS else plan.UP_TO_DATE
     out = []
     for p in c.patches:
         file = p.file if p.component is None else ws.checkout(p.component) / p.path
@@ -31,13 +31,23 @@ def _applied(ws: Workspace, c: Component) -> list[str]:
             out.append(f"{shown}: missing")
             continue
         name = str(p.file) if p.component is None else shown
-        if done.get(name) == h and fresh:
-            out.append(f"{shown}: applied")
-        elif done.get(name) == h:
+        if done.get(name) == h and v.will:
             out.append(f"{shown}: applied, to be re-applied")
+        elif done.get(name) == h and v.may:
+            out.append(f"{shown}: applied, may be re-applied ({v.condition})")
+        elif done.get(name) == h:
+            out.append(f"{shown}: applied")
         else:
             out.append(f"{shown}: not applied")
     return out
+
+
+def _said(tid: str) -> str:
+    """A task's verdict: would run (why), may run (if ...), or up to date."""
+    if tid not in state.CHECKS:
+        return "would run: ?"
+    v = plan.planner().verdict(tid)
+    return v.why if v.may else f"would run: {v.why}" if v.runs else "up to date"
 
 
 def report(ws: Workspace, name: str) -> str:
@@ -74,14 +84,10 @@ def report(ws: Workspace, name: str) -> str:
         out.append(f"    requires:   {', '.join(part.requires) or '-'}")
         for kind in ("build", "install"):
             tid = task_id(kind, part.id)
-            v = plan.planner().verdict(tid) if tid in state.CHECKS else (True, "?")
-            out.append(f"    {tid}: {'would run: ' + v[1] if v[0] else 'up to date'}"
-                       f"  (log: {run.shown_path(ws.log(tid))})")
+            out.append(f"    {tid}: {_said(tid)}  (log: {run.shown_path(ws.log(tid))})")
     for kind in ("fetch", "patch"):
         tid = task_id(kind, c.name)
-        v = plan.planner().verdict(tid) if tid in state.CHECKS else (True, "?")
-        out.append(f"  {tid}: {'would run: ' + v[1] if v[0] else 'up to date'}"
-                   f"  (log: {run.shown_path(ws.log(tid))})")
+        out.append(f"  {tid}: {_said(tid)}  (log: {run.shown_path(ws.log(tid))})")
     return "\n".join(out)
 
 

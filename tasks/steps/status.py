@@ -2,9 +2,11 @@
 
 Read-only (the loader runs a command line naming only status, graph, show
 or try without the lock, the database or any write): the verdicts come from
-``tasks/plan.py``, which asks every task's own up-to-date check and makes a
-task whose dependency will run stale too, so the list below the lines is
-what a plain ``doit`` runs, downstream tasks included.
+``tasks/plan.py``, which asks every task's own up-to-date check and follows
+what a dependency that runs may change, so the list below the lines holds
+every task a plain ``doit`` runs: those that will, and those that may (a
+task downstream of one whose output may come out the same), each counted
+apart.
 """
 
 from __future__ import annotations
@@ -19,15 +21,18 @@ def _short(commit: str | None) -> str:
     return commit[:12] if commit else "(not resolved)"
 
 
-def _verdict(tid: str) -> tuple[bool, str] | None:
+def _verdict(tid: str) -> plan.Verdict | None:
     return plan.planner().verdict(tid) if tid in state.CHECKS else None
 
 
 def _first(tids) -> str:
-    for tid in tids:
-        v = _verdict(tid)
-        if v and v[0]:
-            return f"stale: {v[1]}"
+    verdicts = [v for v in map(_verdict, tids) if v is not None]
+    for v in verdicts:
+        if v.will:
+            return f"stale: {v.why}"
+    for v in verdicts:
+        if v.may:
+            return v.why
     return "up to date"
 
 
@@ -53,7 +58,7 @@ def lines(ws: Workspace) -> list[str]:
         npatch = len(c.patches)
         if npatch:
             pv = _verdict(patch)
-            applied = ws.stamps.read(patch) is not None and pv is not None and not pv[0]
+            applied = ws.stamps.read(patch) is not None and pv is not None and not pv.will
             patches = f"{npatch} patch(es) " + ("applied" if applied else "not applied")
         else:
             patches = "no patches"
@@ -105,12 +110,15 @@ def report(ws: Workspace) -> str:
     out = lines(ws)
     todo = plan.would_run(default_groups())
     out.append("")
+    will = sum(1 for _, v in todo if v.will)
+    may = len(todo) - will
     if not todo:
         out.append("a plain doit would run nothing: everything is up to date")
     else:
-        out.append(f"a plain doit would run {len(todo)} task(s), in this order:")
+        more = f", and {may} more may run" if may else ""
+        out.append(f"a plain doit would run {will} task(s){more}, in this order:")
         width = max(len(t) for t, _ in todo)
-        out += [f"  {t.ljust(width)}  {why}" for t, why in todo]
+        out += [f"  {t.ljust(width)}  {v.why}" for t, v in todo]
     return "\n".join(out)
 
 
@@ -121,7 +129,7 @@ def default_groups() -> list[str]:
 def task(ws: Workspace) -> dict:
     return {
         "doc": "say, per component, its ref, commit, patches, edits and whether it is built "
-               "and installed, and which tasks a plain doit would run and why (writes "
-               "nothing; reruns every time)",
+               "and installed, and which tasks a plain doit will run and why, and which may "
+               "run and on what it depends (writes nothing; reruns every time)",
         "actions": [Report(lambda: report(ws))],
     }
