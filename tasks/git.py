@@ -390,6 +390,43 @@ def commits_between(path: Path, base: str, tip: str) -> list[str]:
     return out.splitlines()
 
 
+@dataclass(frozen=True)
+class LocalCommits:
+    """Commits HEAD holds beyond ``since``, the commit doit last checked out
+    (the user's own, made in the checkout); what ``doit status`` warns of
+    and the patch step refuses to move away from."""
+
+    path: Path
+    since: str
+    lines: list[str]  # "abbrev subject", newest first
+    branch: str | None  # the branch HEAD is on, if any
+    kept: bool  # a branch or tag holds HEAD: moving it loses nothing
+
+    def said(self, ref: str) -> str:
+        n = len(self.lines)
+        if not self.kept:
+            return f"its checkout holds {n} local commit(s) on no branch, not on {ref}"
+        where = f"on your branch '{self.branch}'" if self.branch else "kept on a branch or tag"
+        return f"its checkout holds {n} local commit(s) {where}"
+
+    def hint(self) -> str:
+        return (f"keep them on a branch (git -C {self.path} branch my-work) or drop them "
+                f"(git -C {self.path} checkout --detach {self.since[:12]}), then run doit again")
+
+
+def local_commits(path: Path, since: str | None) -> LocalCommits | None:
+    """The commits HEAD holds on top of ``since``; None when there are none
+    (HEAD at ``since``, or on one of its ancestors).  Reads only: HEAD from
+    its file, git only when HEAD moved."""
+    current = head(path)
+    if not current or not since or current == since:
+        return None
+    lines = commits_between(path, since, current)
+    if not lines:
+        return None
+    return LocalCommits(path, since, lines, branch(path), on_some_ref(path, current))
+
+
 def clear_stale_locks(path: Path, before: float) -> None:
     """Remove git lock files left by a git process that was killed (older than
     this doit run, which holds the workdir lock)."""

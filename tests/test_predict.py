@@ -7,13 +7,19 @@ fixture stack (the state each run leaves is the next change's starting
 point, as in bench/matrix.py), which has a component needing another, a
 patch carried in another component's checkout, a series beside stack.yaml,
 parts, a submodule, an image and a config built from an installed default.
+
+And a checkout holding commits of the user's: status names them and says
+what the run will do about them, in the words the run then uses.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import re
+import shlex
 import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -303,3 +309,79 @@ def test_every_task_that_runs_was_predicted_and_every_sure_one_runs(stack):
             found.append(f"{change.name}:\n  " + "\n  ".join(problems))
     assert kinds >= 20
     assert not found, "\n".join(found)
+
+
+# --------------------------------------------------------------------------
+# Local commits in a checkout
+
+
+def _commit(ab: Project, text: str, message: str) -> None:
+    write(ab.src("alpha") / "src/alpha.in", text)
+    git(ab.src("alpha"), "commit", "-q", "-am", message)
+
+
+def _since(ab: Project) -> str:
+    """Where doit last put alpha's HEAD (what 'drop them' goes back to)."""
+    return git(ab.up.alpha(), "rev-parse", "v1^{commit}")[:12]
+
+
+def test_status_names_local_commits_and_the_run_refuses_in_its_words(ab):
+    ab.doit()
+    _commit(ab, "mine\n", "my change")
+    _commit(ab, "mine, again\n", "my second change")
+    head = git(ab.src("alpha"), "rev-parse", "HEAD")
+    out = ab.doit("status").out
+    # Until the checkout has to move they are the checkout's content: built.
+    assert re.search(r"^alpha .* 0 local edit\(s\), 2 local commit\(s\) .* stale: the "
+                     r"checkout holds another tree$", out, re.M), out
+    assert "refuse" not in out
+    ab.doit()
+    ab.edit_stack("ref: v1", "ref: v2")
+    out = ab.doit("status").out
+    path = ab.src("alpha")
+    said = "its checkout holds 2 local commit(s) on no branch, not on v2"
+    hint = (f"keep them on a branch (git -C {path} branch my-work) or drop them "
+            f"(git -C {path} checkout --detach {_since(ab)}), then run doit again")
+    assert f"alpha: {said}: if patch:alpha runs, it will refuse to move it, and the run " \
+           "stops there" in out, out
+    assert f"  Hint: {hint}" in out
+    res = ab.doit(expect=1)
+    assert f"alpha: its pin or patch series changed, but {said}:" in res.text
+    assert re.search(r"^  [0-9a-f]+ my second change\n  [0-9a-f]+ my change$", res.text, re.M)
+    assert f"Hint: {hint}" in res.text
+    assert "Traceback" not in res.text
+    assert git(path, "rev-parse", "HEAD") == head  # nothing of the user's was moved
+    # Following the hint's first half: kept on a branch, the run moves on.
+    git(path, "branch", "my-work")
+    out = ab.doit("status").out
+    assert "alpha: its checkout holds 2 local commit(s) kept on a branch or tag: patch:alpha " \
+           "will move the checkout to v2; they stay there, not built" in out, out
+    assert "patch:alpha" in ab.doit().ran
+    assert git(path, "rev-parse", "my-work") == head
+    assert "local commit" not in ab.doit("status").out
+
+
+def test_dropping_local_commits_as_the_hint_says_lets_the_run_go_on(ab):
+    ab.doit()
+    _commit(ab, "mine\n", "my change")
+    ab.edit_stack("ref: v1", "ref: v2")
+    res = ab.doit(expect=1)
+    drop = re.search(r"drop them \((git -C \S+ checkout --detach [0-9a-f]+)\)", res.text)
+    assert drop, res.text
+    subprocess.run(shlex.split(drop.group(1)), check=True, capture_output=True)
+    assert "local commit" not in ab.doit("status").out
+    assert "patch:alpha" in ab.doit().ran
+    assert ab.staged("/usr/local/bin/alpha").read_text().endswith("echo alpha two\n")
+
+
+def test_local_commits_on_the_users_branch_are_left_there(ab):
+    ab.doit()
+    git(ab.src("alpha"), "checkout", "-q", "-b", "mine")
+    _commit(ab, "mine\n", "my change")
+    ab.edit_stack("ref: v1", "ref: v2")
+    out = ab.doit("status").out
+    assert "alpha: its checkout holds 1 local commit(s) on your branch 'mine': if patch:alpha " \
+           "runs, it will move the checkout to v2; they stay there, not built" in out, out
+    res = ab.doit()
+    assert "the checkout was on your branch 'mine' (kept, not built)" in res.err
+    assert git(ab.src("alpha"), "log", "-1", "--format=%s", "mine") == "my change"

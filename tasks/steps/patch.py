@@ -132,14 +132,12 @@ def _patch_checkout(ws: Workspace, c: Component) -> dict:
     if current != target:
         why = ("its pin or patch series changed" if previous.get("head") else
                "it must be put at its pinned commit")
-        if current and current != previous.get("head") and current != base \
-                and not git.on_some_ref(path, current):
-            mine = git.commits_between(path, previous.get("head") or base, current)
-            raise PatchFailed(
-                f"{c.name}: {why}, but HEAD has commits of yours on no branch:\n  "
-                + "\n  ".join(mine[:10]),
-                hint=f"keep them on a branch first (git -C {path} branch my-work), "
-                     "then run doit again")
+        mine = git.local_commits(path, previous.get("head") or base) \
+            if current and current != base else None
+        if mine and not mine.kept:  # (doit status says the same: steps/status.py)
+            more = f"\n  ... and {len(mine.lines) - 10} more" if len(mine.lines) > 10 else ""
+            raise PatchFailed(f"{c.name}: {why}, but {mine.said(c.ref)}:\n  "
+                              + "\n  ".join(mine.lines[:10]) + more, hint=mine.hint())
         if current:
             git.refuse_if_edited(path, c.name, why, ignore=outputs)
         # (a new checkout's unborn branch is not the user's)

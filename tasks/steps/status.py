@@ -6,12 +6,13 @@ or try without the lock, the database or any write): the verdicts come from
 what a dependency that runs may change, so the list below the lines holds
 every task a plain ``doit`` runs: those that will, and those that may (a
 task downstream of one whose output may come out the same), each counted
-apart.
+apart.  A checkout holding commits of the user's is named, with what the
+patch step will do about them when it runs.
 """
 
 from __future__ import annotations
 
-from .. import loader, plan, state
+from .. import git, loader, plan, state
 from ..action import Report, task_id
 from ..errors import StackError
 from ..workspace import Workspace
@@ -36,6 +37,30 @@ def _first(tids) -> str:
     return "up to date"
 
 
+def _commits(ws: Workspace, c) -> git.LocalCommits | None:
+    """Commits of the user's in the checkout, on top of where the patch step
+    last put HEAD (its record, ``state/checkouts/NAME.json``; before any
+    record, the base it applied the series to)."""
+    since = ws.json("checkouts", c.name).read().get("head") or \
+        (ws.stamps.read(task_id("patch", c.name)) or {}).get("key", {}).get("base")
+    return git.local_commits(ws.checkout(c.name), since if isinstance(since, str) else None)
+
+
+def _commits_note(c, commits: git.LocalCommits, patch: plan.Verdict | None) -> list[str]:
+    """What the run will do about them (steps/patch.py does it, in the same
+    words); nothing to say while the patch step does not run (they are
+    built as the checkout's content)."""
+    tid = task_id("patch", c.name)
+    if patch is None or not patch.runs:
+        return []
+    when = f"{tid} will" if patch.will else f"if {tid} runs, it will"
+    if commits.kept:
+        return [f"{c.name}: {commits.said(c.ref)}: {when} move the checkout to {c.ref}; "
+                "they stay there, not built"]
+    return [f"{c.name}: {commits.said(c.ref)}: {when} refuse to move it, and the run stops "
+            "there", f"  Hint: {commits.hint()}"]
+
+
 def _done(ws: Workspace, tid: str, what: str) -> str:
     stamp = ws.stamps.read(tid)
     if not stamp:
@@ -43,7 +68,9 @@ def _done(ws: Workspace, tid: str, what: str) -> str:
     return f"{what} (from cache)" if stamp.get("from_cache") else what
 
 
-def lines(ws: Workspace) -> list[str]:
+def lines(ws: Workspace, notes: list[str] | None = None) -> list[str]:
+    """One line per component and part; ``notes`` gets what must be said
+    below them (local commits)."""
     rows = []
     for c in ws.stack.components.values():
         fetch, patch = task_id("fetch", c.name), task_id("patch", c.name)
@@ -82,6 +109,11 @@ def lines(ws: Workspace) -> list[str]:
             except StackError:
                 pass
         nedits = "edits: ?" if edits is None else f"{len(edits)} local edit(s)"
+        commits = _commits(ws, c) if git.is_repo(ws.checkout(c.name)) else None
+        if commits:
+            nedits += f", {len(commits.lines)} local commit(s)"
+            if notes is not None:
+                notes += _commits_note(c, commits, _verdict(patch))
         head = [c.name, f"{c.ref} @ {shown}", patches, nedits]
         own = [fetch, patch]
         if not parted:
@@ -107,7 +139,10 @@ def lines(ws: Workspace) -> list[str]:
 
 
 def report(ws: Workspace) -> str:
-    out = lines(ws)
+    notes: list[str] = []
+    out = lines(ws, notes)
+    if notes:
+        out += [""] + notes
     todo = plan.would_run(default_groups())
     out.append("")
     will = sum(1 for _, v in todo if v.will)
