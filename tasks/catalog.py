@@ -1,20 +1,20 @@
-"""The prerequisites catalog: what each requirement id means, how to find it
-on this machine, and how to install it on Debian/Ubuntu and Fedora.  The
-spec validates ``requires:`` lists against it and the host side probes and
-fixes what it names, so it lives in the core, below both.
+"""The prerequisites catalog: what each requirement id means, what to look
+for on a machine and which packages bring it (Debian/Ubuntu and Fedora).
+The spec validates ``requires:`` lists against it and the host side probes
+and fixes what it names, so it lives in the core, below both.
 
 stack.yaml names requirements in ``requires:`` lists: an id from the catalog,
 optionally followed by a version range (``gcc``, ``go >=1.17``,
 ``rust >=1.54 <1.59``), or ``!id`` for a program that must NOT be installed
 (``!archivemount``).  ``parse()`` reads one entry.
 
-Finding a requirement on this machine is ``host/probe.py``'s.
+Finding a requirement on this machine is ``host/prereqs/probe.py``'s, the
+commands that install it ``host/prereqs/fixes.py``'s.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import closest
@@ -232,49 +232,4 @@ def problems(entries) -> list[tuple[int, str]]:
             parse(entry)
         except ValueError as err:
             out.append((i, str(err)))
-    return out
-
-
-# --------------------------------------------------------------------------
-# How to fix it
-
-
-def rustup_toolchain(rng: Range, env: Mapping[str, str]) -> str:
-    """The toolchain to install: RUSTUP_TOOLCHAIN, else one that fits."""
-    if env.get("RUSTUP_TOOLCHAIN"):
-        return env["RUSTUP_TOOLCHAIN"]
-    upper = rng.upper()
-    if upper:
-        op, text = upper
-        v = version_tuple(text)
-        if op in ("<=", "=="):
-            return text
-        if len(v) >= 2 and v[-1] > 0:
-            return ".".join(map(str, v[:-1] + (v[-1] - 1,)))
-    lower = rng.lower()
-    if lower:
-        return lower[1]
-    return "stable"
-
-
-def fixes(p: Prereq, rng: Range, env: Mapping[str, str], sudo: str = "") -> list[tuple[str, str]]:
-    """(where, command) lines that fix ``p`` for ``rng``."""
-    if rng.absent:
-        return [("Debian/Ubuntu", f"{sudo}apt-get remove {p.apt}"),
-                ("Fedora", f"{sudo}dnf remove {p.dnf}")]
-    out = []
-    if p.rustup:
-        toolchain = rustup_toolchain(rng, env)
-        line = f"rustup toolchain install {toolchain}"
-        if not env.get("RUSTUP_TOOLCHAIN") and rng.bounds:
-            line += f"  # and RUSTUP_TOOLCHAIN: \"{toolchain}\" in the part's env"
-        out.append(("rustup", line))
-    if p.apt:
-        note = f"  # {p.apt_note}" if p.apt_note else ""
-        out.append(("Debian/Ubuntu", f"{sudo}apt-get install {p.apt}{note}"))
-    if p.dnf:
-        note = f"  # {p.dnf_note}" if p.dnf_note else ""
-        out.append(("Fedora", f"{sudo}dnf install {p.dnf}{note}"))
-    if p.hint:
-        out.append(("fix", p.hint))
     return out

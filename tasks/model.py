@@ -89,7 +89,7 @@ class Component:
 
 
 # OCI names (the distribution spec's): the spec refuses a cache url by this
-# rule and the registry client (host/oci.py) reads it by the same one.
+# rule and the registry client (host/cache/oci.py) reads it by the same one.
 OCI_REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
                             r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 _OCI_HOST = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?$")

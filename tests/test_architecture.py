@@ -1,8 +1,10 @@
 """The rooms of tasks/ and the rules between them (README: Architecture).
 
 Each rule is checked on the code as it is: an import of one step from
-another, a core module importing a step, an import cycle, a process started
-outside run.py, a task id spelled by hand, a module over 600 lines.
+another, a core module importing a step, the spec or the core importing the
+host, a host module outside its feature package or importing another
+feature, an import cycle, a process started outside run.py, a task id
+spelled by hand, a module over 600 lines.
 """
 
 from __future__ import annotations
@@ -127,3 +129,51 @@ def test_nothing_below_the_host_imports_a_host_module(below):
     bad = [(a, b) for a, deps in GRAPH.items() if room(a) == below
            for b in deps if room(b) == "host"]
     assert bad == []
+
+
+# The host's feature packages, and the steps each one serves: a module that
+# serves one step lives in the package of that step's feature.
+FEATURES = {
+    "pod": {"pod", "check"},  # check reads which parts a pod needs (podhints)
+    "image": {"image"},
+    "configs": {"configs"},
+    "cache": {"build", "install"},
+    "prereqs": {"check"},
+}
+# Modules at the top of tasks/host: the one rule every feature follows.
+SHARED = {
+    "tasks.host.runtime",
+    "tasks.host.initramfs",  # moves into host/image once tests/conftest.py reads it there
+}
+
+
+def feature(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[2] if len(parts) > 3 and parts[:2] == ["tasks", "host"] else None
+
+
+def test_the_host_is_split_by_feature():
+    host = [n for n in MODULES if room(n) == "host"]
+    assert {feature(n) for n in host} - {None} == set(FEATURES)
+    packages = {f"tasks.host.{f}" for f in FEATURES}
+    assert sorted(n for n in host if feature(n) is None) == sorted(SHARED | packages)
+
+
+def test_no_host_feature_imports_another():
+    bad = [(a, b) for a, deps in GRAPH.items() for b in deps
+           if feature(b) and feature(a) != feature(b) and room(a) != "steps"]
+    assert bad == []
+
+
+def test_each_feature_serves_the_steps_it_names():
+    used = {(a.split(".")[-1], feature(b)) for a, deps in GRAPH.items() if room(a) == "steps"
+            for b in deps if feature(b)}
+    assert {(s, f) for s, f in used if s not in FEATURES[f]} == set()
+
+
+def test_every_package_is_in_pyproject():
+    import tomllib
+
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    packages = {".".join(p.parent.relative_to(ROOT).parts) for p in TASKS.rglob("__init__.py")}
+    assert sorted(packages) == sorted(listed)

@@ -291,7 +291,7 @@ def test_a_bad_cache_url_is_a_spec_problem(tmp_path, up):
 def test_the_key_holds_the_platform_and_no_path(tmp_path, up, monkeypatch):
     """Unit-level: the key of one part on two machines with other paths is
     the same; another toolchain version or platform gives another key."""
-    from tasks.host import buildcache
+    from tasks.host.cache import buildcache
     from tasks.spec import load_stack
     from tasks.workspace import Workspace
     a = machine(tmp_path / "a", up, "cache: {url: 'oci://127.0.0.1:1/x'}\n")
@@ -319,7 +319,7 @@ def test_the_key_holds_the_toolchain_versions_check_found(tmp_path, up):
     import dataclasses
 
     from tasks.action import task_id
-    from tasks.host import buildcache
+    from tasks.host.cache import buildcache
     from tasks.spec import load_stack
     from tasks.workspace import Workspace
     m = machine(tmp_path / "m", up, "cache: {url: 'oci://127.0.0.1:1/x'}\n")
@@ -472,7 +472,7 @@ def test_a_build_naming_src_or_destdir_in_any_expansion_is_not_cached(tmp_path, 
     """``${SRC%/}`` names the checkout as surely as ``$SRC`` does."""
     import dataclasses
 
-    from tasks.host import buildcache
+    from tasks.host.cache import buildcache
     from tasks.spec import load_stack
     from tasks.workspace import Workspace
     m = machine(tmp_path / "m", up, "cache: {url: 'oci://127.0.0.1:1/x'}\n")

@@ -16,6 +16,7 @@ import pytest
 
 from tasks import catalog
 from tasks.catalog import Range, parse
+from tasks.host.prereqs import fixes
 from tasks.spec import load_stack
 from tasks.steps import check
 from tasks.workspace import Workspace
@@ -455,8 +456,8 @@ def test_rustup_proxy_is_not_asked_for_a_toolchain_that_is_not_installed(project
     got = results(ws)[label]
     assert got.status == "BROKEN" and "toolchain '1.58.1' is not installed" in got.found
     assert not calls.exists()
-    fixes = dict(catalog.fixes(got.need.prereq, got.need.range, got.need.environ()))
-    assert fixes["rustup"] == "rustup toolchain install 1.58.1"
+    rows = dict(fixes.fixes(got.need.prereq, got.need.range, got.need.environ()))
+    assert rows["rustup"] == "rustup toolchain install 1.58.1"
 
     (home / "toolchains" / "1.58.1-x86_64-unknown-linux-gnu").mkdir()
     got = results(ws)[label]  # the toolchains folder changed: probe again
@@ -471,4 +472,4 @@ def test_rustup_proxy_is_not_asked_for_a_toolchain_that_is_not_installed(project
     ((), "stable"),
 ])
 def test_rustup_hint_picks_a_toolchain_in_range(bounds, toolchain):
-    assert catalog.rustup_toolchain(Range(bounds), {}) == toolchain
+    assert fixes.rustup_toolchain(Range(bounds), {}) == toolchain

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import FIXTURES, ROOT, text_in, write
 
-from tasks.host import docedit
+from tasks.host.configs import docedit
 from tasks.steps import configs
 
 KATA_CONF = "/etc/kata-containers/configuration.toml"

@@ -1,4 +1,4 @@
-"""tasks/host/docedit.py: editing TOML, JSON and YAML documents.
+"""tasks/host/configs/docedit.py: editing TOML, JSON and YAML documents.
 
 Pinned on the real default files of Kata 2.4.0-alpha1 and CRI-O 1.23.5, so
 a tomlkit upgrade that changes how lines are placed shows up here.
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from tasks.host import docedit
-from tasks.host.docedit import UNSET_MARK, EditError, render
+from tasks.host.configs import docedit
+from tasks.host.configs.docedit import UNSET_MARK, EditError, render
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 KATA = (FIXTURES / "kata-2.4.0-alpha1-configuration-qemu.toml").read_text()

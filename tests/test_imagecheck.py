@@ -1,5 +1,5 @@
 """The image reader (tasks/host/initramfs.py) and the image check
-(tasks/host/imagecheck.py).
+(tasks/host/image/imagecheck.py).
 
 Images are made here with write(), in memory: programs and libraries are
 copies of the host's (read, never written), placed where a guest's linker
@@ -23,7 +23,8 @@ from contextlib import contextmanager
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from tasks.host import imagecheck, initramfs
+from tasks.host import initramfs
+from tasks.host.image import imagecheck
 from tasks.host.initramfs import BadImage, Entry, Image
 
 HOST_LIB_DIRS = ("/lib64", "/usr/lib64", "/lib/{triple}", "/usr/lib/{triple}", "/lib", "/usr/lib")

@@ -1,4 +1,4 @@
-"""The build cache client (tasks/host/oci.py) against a real registry.
+"""The build cache client (tasks/host/cache/oci.py) against a real registry.
 
 The registry is Debian's ``docker-registry`` (distribution 2.8) on
 127.0.0.1 (tests/registry.py); those tests are skipped, saying so, when it
@@ -26,7 +26,7 @@ import pytest
 import registry as reg
 
 from tasks.errors import StackError
-from tasks.host import oci
+from tasks.host.cache import oci
 
 needs_registry = pytest.mark.skipif(
     not reg.available(), reason="docker-registry (Debian package docker-registry, "

@@ -24,7 +24,7 @@ import pytest
 from conftest import ALPHA
 
 from tasks.errors import StackError
-from tasks.host.crictl import Shell
+from tasks.host.pod.crictl import Shell
 from tasks.spec import load_stack
 from tasks.workspace import Workspace
 

@@ -18,9 +18,9 @@ from ..workspace import Workspace
 
 
 def _cache():
-    """The build cache (host/buildcache.py), imported when a build or
+    """The build cache (host/cache/buildcache.py), imported when a build or
     install runs: its registry client costs a no-op ~15 ms to import."""
-    from ..host import buildcache
+    from ..host.cache import buildcache
 
     return buildcache
 

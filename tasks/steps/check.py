@@ -39,8 +39,11 @@ from .. import catalog
 from ..action import Done, step, task_id
 from ..catalog import CATALOG, Prereq, Range
 from ..errors import StackError
-from ..host import podhints, probe, runtime
-from ..host.probe import Found
+from ..host import runtime
+from ..host.pod import podhints
+from ..host.prereqs import probe
+from ..host.prereqs.fixes import fixes
+from ..host.prereqs.probe import Found
 from ..run import is_root, say
 from ..state import Check, digest
 from ..workspace import Workspace
@@ -387,7 +390,7 @@ def _sudo() -> str:
 
 
 def _fix_lines(r: Result, indent: str) -> list[str]:
-    rows = catalog.fixes(r.need.prereq, r.need.range, r.need.environ(), _sudo())
+    rows = fixes(r.need.prereq, r.need.range, r.need.environ(), _sudo())
     width = max((len(w) for w, _ in rows), default=0) + 1
     return [f"{indent}{(w + ':').ljust(width)} {cmd}" for w, cmd in rows]
 

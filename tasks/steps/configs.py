@@ -7,7 +7,7 @@ stale when any of these changes (the base by content, the values after
 substitution, so a new image kernel rewrites the Kata file), or when the
 file is missing.
 
-Never lose a hand edit: files are written through ``host/confwrite.py``,
+Never lose a hand edit: files are written through ``host/configs/confwrite.py``,
 which refuses to overwrite a file edited by hand (``doit config:NAME
 force=1`` saves it first), and writes atomically.
 
@@ -26,8 +26,8 @@ from pathlib import Path
 from ..action import installs_of, step, task_id
 from ..errors import ConfigError, StackError
 from ..host import runtime
-from ..host.confwrite import install_text
-from ..host.docedit import EditError, render
+from ..host.configs.confwrite import install_text
+from ..host.configs.docedit import EditError, render
 from ..model import VAR_RE as _VAR_RE
 from ..model import WRAPPER, Config, variables_in
 from ..run import say

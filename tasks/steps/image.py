@@ -12,7 +12,7 @@ last image took from PATH (the agent, the shell...), however it got there.
 mbuto exits 1 even when it succeeds, so success is judged by what it prints
 (``kernel = "..."`` and ``initrd = "..."``, the values the Kata
 configuration needs) and by the image it writes, which is then read and
-checked (``host/imagecheck.py``): /init, the program it ends with, and the
+checked (``host/image/imagecheck.py``): /init, the program it ends with, and the
 interpreter and libraries of every program must be inside the image, and
 nothing may sit at its staged path.  It writes to a temporary name that
 replaces the old image only once accepted: a failed or refused build
@@ -20,7 +20,7 @@ leaves the previous image in place.  The two values are recorded with the
 image's stamp, where the config tasks that use them read them.
 
 ``image_boot`` boots a copy of the image whose agent is a stand-in, with the
-stack's kernel under QEMU (``host/qemuboot.py``).
+stack's kernel under QEMU (``host/image/qemuboot.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from .. import run
 from ..action import Done, installs_of, step, task_id
 from ..checkout import SourceCheck, content_of, installed_of, recording_outputs
 from ..errors import StackError
-from ..host import imagefile, qemuboot, runtime
+from ..host import runtime
+from ..host.image import imagefile, qemuboot
 from ..run import say, tail
 from ..workspace import Workspace
 

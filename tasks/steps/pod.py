@@ -2,22 +2,22 @@
 
 ``run_pod`` renders the pod and container templates into ``<workdir>/pod/``
 (the image and command come from stack.yaml), checks what a Kata pod needs
-on this host (the pre-flight, host/podhints.py), makes sure CRI-O answers
-(host/crio.py: it restarts the crio it started when that crio's arguments,
+on this host (the pre-flight, host/pod/podhints.py), makes sure CRI-O answers
+(host/pod/crio.py: it restarts the crio it started when that crio's arguments,
 binary or config changed), removes any pod an earlier run left (passt's
 socket paths are fixed, so two of our pods cannot run at once), pulls the
 image unless CRI-O has it, makes sure CRI-O has its pause image, then
 ``runp``, ``create``, ``start``, shows ``ip addr show`` from the container
 and, with ``ping: true``, sets ``net.ipv4.ping_group_range`` in the pod's
 network namespace.  The IDs are kept in ``<workdir>/state/pod.json``.  A
-refusal from CRI-O gets the hint its message calls for (host/podhints.py);
+refusal from CRI-O gets the hint its message calls for (host/pod/podhints.py);
 on any failure a diagnostics folder is written under ``<workdir>/logs/`` and
 named.  ``stop_pod`` removes our pod and stops the crio run_pod started.
 Both run whenever asked: there is nothing to be up to date with.
 
 What run_pod depends on follows the runtime: with Kata, every install, the
 image and every config; with another runtime (runc, crun), only the CRI-O
-side of the stack (host/podhints.py says which parts and configs that is).
+side of the stack (host/pod/podhints.py says which parts and configs that is).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import time
 from .. import run
 from ..action import installs_of, step, task_id
 from ..errors import CommandFailed, StackError
-from ..host import crio, podhints
-from ..host.crictl import Crictl, Shell, netns_path
-from ..host.podfiles import LABEL, diagnostics, pod_state, render
+from ..host.pod import crio, podhints
+from ..host.pod.crictl import Crictl, Shell, netns_path
+from ..host.pod.podfiles import LABEL, diagnostics, pod_state, render
 from ..state import JsonFile
 from ..workspace import Workspace
 
@@ -253,7 +253,7 @@ def run_deps(ws: Workspace) -> list[str]:
     """What run_pod waits for.  A Kata pod needs the whole stack: every
     install, the image and every config.  A pod of another runtime (runc,
     crun) needs only the CRI-O side: the configs of CRI-O, CNI, crictl and
-    the containers library, and the installs host/podhints.py's
+    the containers library, and the installs host/pod/podhints.py's
     crio_side_parts() names (crio, crictl, the CNI plugins, what those
     configs name or need)."""
     stack = ws.stack

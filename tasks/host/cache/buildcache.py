@@ -45,14 +45,14 @@ import threading
 import time
 from pathlib import Path
 
-from .. import git
-from ..action import task_id
-from ..errors import StackError
-from ..journal import scan
-from ..model import Part
-from ..run import say
-from ..state import digest
-from ..workspace import Workspace
+from ... import git
+from ...action import task_id
+from ...errors import StackError
+from ...journal import scan
+from ...model import Part
+from ...run import say
+from ...state import digest
+from ...workspace import Workspace
 from . import oci
 
 FORMAT = 1

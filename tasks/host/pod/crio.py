@@ -27,9 +27,9 @@ import os
 import time
 from pathlib import Path
 
-from .. import run
-from ..errors import StackError
-from ..state import JsonFile, digest
+from ... import run
+from ...errors import StackError
+from ...state import JsonFile, digest
 from .crictl import crictl_argv
 from .podhints import crio_configs
 

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import run
-from ..errors import CommandFailed, StackError
-from ..workspace import Workspace
+from ... import run
+from ...errors import CommandFailed, StackError
+from ...workspace import Workspace
 
 ID_RE = re.compile(r"^[0-9a-f]{12,64}$")
 

@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import run
-from ..catalog import _SBIN, CATALOG, Prereq
-from .runtime import host_root
+from ... import run
+from ...catalog import _SBIN, CATALOG, Prereq
+from ..runtime import host_root
 
 # --------------------------------------------------------------------------
 # Finding things (cheap: no subprocess)

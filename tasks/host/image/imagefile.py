@@ -6,10 +6,11 @@ from __future__ import annotations
 import posixpath
 from pathlib import Path
 
-from .. import run
-from ..errors import StackError
-from . import imagecheck, initramfs
-from .initramfs import Entry, Image
+from ... import run
+from ...errors import StackError
+from .. import initramfs
+from ..initramfs import Entry, Image
+from . import imagecheck
 
 # The programs that decompress what Python's standard library does not.
 TOOLS = {"lz4": "lz4", "lzo": "lzop"}

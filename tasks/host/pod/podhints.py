@@ -28,9 +28,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..action import task_id
-from ..model import Config, Part, Stack
-from . import runtime
+from ...action import task_id
+from ...model import Config, Part, Stack
+from .. import runtime
 
 DEFAULT_PAUSE_IMAGE = "k8s.gcr.io/pause:3.6"  # CRI-O 1.23's [crio.image] pause_image
 CRIO_CONF = "/etc/crio/crio.conf"

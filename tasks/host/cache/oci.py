@@ -49,8 +49,8 @@ import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
 
-from ..errors import StackError
-from ..model import OCI_REPOSITORY, split_cache_url
+from ...errors import StackError
+from ...model import OCI_REPOSITORY, split_cache_url
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.kata-passt-stack.install.config.v1+json"

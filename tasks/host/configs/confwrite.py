@@ -22,10 +22,10 @@ import stat
 import time
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..run import as_root, query, run, say
-from ..state import atomic_write
-from ..workspace import Workspace
+from ...errors import ConfigError
+from ...run import as_root, query, run, say
+from ...state import atomic_write
+from ...workspace import Workspace
 
 DIFF_LINES = 40
 

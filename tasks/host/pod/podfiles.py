@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import run
-from ..errors import ConfigError, StackError, closest
-from ..state import JsonFile, atomic_write
-from ..workspace import Workspace
+from ... import run
+from ...errors import ConfigError, StackError, closest
+from ...state import JsonFile, atomic_write
+from ...workspace import Workspace
 from . import crio
 from .crictl import Crictl, Shell
 
