@@ -45,9 +45,17 @@ def _argv(repo: Path | None, *args: str) -> list[str]:
     return base + ["-c", "advice.detachedHead=false", *args]
 
 
-def query(repo: Path, *args: str, check: bool = True, env=None) -> str:
-    """A quick git query; its output, stripped of the final newline."""
-    out = runner.capture(_argv(repo, *args), env={**_ENV, **(env or {})}, check=check)
+def query(repo: Path | None, *args: str, check: bool = True, env=None,
+          input: bytes | None = None) -> runner.Result:
+    """A quick git command; its ``run.Result`` (``.out``, ``.ok``, ``.code``),
+    as every quick command gives."""
+    return runner.query(_argv(repo, *args), env={**_ENV, **(env or {})}, check=check,
+                        input=input)
+
+
+def text(repo: Path, *args: str, check: bool = True, env=None) -> str:
+    """A quick git query's output, without its final newline."""
+    out = query(repo, *args, check=check, env=env).out
     return out[:-1] if out.endswith("\n") else out
 
 
@@ -71,7 +79,7 @@ def ensure_repo(path: Path, url: str, log: Path, label: str) -> None:
     if not is_repo(path):
         path.mkdir(parents=True, exist_ok=True)
         _run(path, log, "init", "-q", label=label)
-    current = query(path, "config", "--get", "remote.origin.url", check=False)
+    current = text(path, "config", "--get", "remote.origin.url", check=False)
     if not current:
         query(path, "remote", "add", "origin", url)
     elif current != url:
@@ -98,7 +106,7 @@ def ls_remote(path: Path, ref: str) -> Remote | None:
     if HEX40.match(ref):
         return Remote("", ref)
     try:
-        out = query(path, "ls-remote", "origin", ref, f"{ref}^{{}}")
+        out = text(path, "ls-remote", "origin", ref, f"{ref}^{{}}")
     except CommandFailed as err:
         raise GitError(f"cannot reach origin of {path.name}: {err.tail or err}",
                        hint="check the URL and your network, or use a local mirror "
@@ -118,12 +126,12 @@ def ls_remote(path: Path, ref: str) -> Remote | None:
 def has_commit(path: Path, commit: str) -> bool:
     if not commit or not is_repo(path):
         return False
-    return bool(query(path, "rev-parse", "-q", "--verify", f"{commit}^{{commit}}",
-                      check=False))
+    return query(path, "rev-parse", "-q", "--verify", f"{commit}^{{commit}}",
+                 check=False).ok
 
 
 def rev_parse(path: Path, rev: str) -> str | None:
-    out = query(path, "rev-parse", "-q", "--verify", f"{rev}^{{commit}}", check=False)
+    out = text(path, "rev-parse", "-q", "--verify", f"{rev}^{{commit}}", check=False)
     return out or None
 
 
@@ -153,7 +161,7 @@ def fetch(path: Path, log: Path, label: str, remote: Remote | None, ref: str,
 
 
 def _origin(path: Path) -> str:
-    return query(path, "config", "--get", "remote.origin.url", check=False)
+    return text(path, "config", "--get", "remote.origin.url", check=False)
 
 
 # --------------------------------------------------------------------------
@@ -163,22 +171,22 @@ def _origin(path: Path) -> str:
 def head(path: Path) -> str | None:
     """HEAD's commit, read from the file (no process) when detached."""
     try:
-        text = (path / ".git" / "HEAD").read_text().strip()
+        content = (path / ".git" / "HEAD").read_text().strip()
     except OSError:
         return None
-    if HEX40.match(text):
-        return text
+    if HEX40.match(content):
+        return content
     return rev_parse(path, "HEAD")
 
 
 def branch(path: Path) -> str | None:
     """The branch HEAD is on, or None when detached."""
     try:
-        text = (path / ".git" / "HEAD").read_text().strip()
+        content = (path / ".git" / "HEAD").read_text().strip()
     except OSError:
         return None
-    if text.startswith("ref: refs/heads/"):
-        return text[len("ref: refs/heads/"):]
+    if content.startswith("ref: refs/heads/"):
+        return content[len("ref: refs/heads/"):]
     return None
 
 
@@ -241,32 +249,32 @@ def apply_series(path: Path, base: str, patches: list[tuple[str, bytes]],
         return base
     with tempfile.TemporaryDirectory(prefix="kps-apply-", dir=scratch) as tmp:
         env = {**_IDENTITY, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        date = query(path, "show", "-s", "--format=%cI", base)
+        date = text(path, "show", "-s", "--format=%cI", base)
         env["GIT_COMMITTER_DATE"] = date
         query(path, "read-tree", base, env=env)
         parent = base
         for name, data in patches:
             patch_file = Path(tmp) / "p.patch"
             patch_file.write_bytes(data)
-            apply = _argv(path, "apply", "--cached", "--whitespace=nowarn", "-p1")
-            result = runner.query(apply + [str(patch_file)], env={**_ENV, **env}, check=False)
+            apply = ["apply", "--cached", "--whitespace=nowarn", "-p1"]
+            result = query(path, *apply, str(patch_file), env=env, check=False)
             if not result.ok:
                 why = result.err.strip() or "git apply failed"
                 if "No valid patches in input" in why or not data.strip():
                     raise PatchFailed(f"patch {name} is empty: it holds no diff")
-                reverse = runner.query(apply + ["--reverse", "--check", str(patch_file)],
-                                       env={**_ENV, **env}, check=False)
+                reverse = query(path, *apply, "--reverse", "--check", str(patch_file),
+                                env=env, check=False)
                 if reverse.ok:
                     raise PatchFailed(f"patch {name} is already in upstream at "
                                       f"{upstream or base[:12]}: drop it from stack.yaml")
                 raise PatchFailed(f"patch {name} does not apply:\n{why}")
-            if not query(path, "diff", "--cached", "--name-only", parent, env=env):
+            if not text(path, "diff", "--cached", "--name-only", parent, env=env):
                 raise PatchFailed(f"patch {name} changes nothing (is it empty, or already "
                                   "applied upstream?)")
-            tree = query(path, "write-tree", env=env)
+            tree = text(path, "write-tree", env=env)
             subject, author = _describe_patch(path, name, data, tmp)
             author_env = {**env, **author} if author else {**env, **_author_like_committer(env)}
-            parent = query(path, "commit-tree", tree, "-p", parent, "-m", subject, env=author_env)
+            parent = text(path, "commit-tree", tree, "-p", parent, "-m", subject, env=author_env)
         return parent
 
 
@@ -278,10 +286,9 @@ def _author_like_committer(env) -> dict[str, str]:
 
 def _describe_patch(path: Path, name: str, data: bytes, tmp: str):
     """Subject and author of a format-patch mail; a plain diff gets its file name."""
-    result = runner.query(
-        # without -k, mailinfo strips "[PATCH n/m]" from the subject, as git am does
-        _argv(path, "mailinfo", str(Path(tmp) / "msg"), str(Path(tmp) / "patch")),
-        env=_ENV, input=data, check=False)
+    # without -k, mailinfo strips "[PATCH n/m]" from the subject, as git am does
+    result = query(path, "mailinfo", str(Path(tmp) / "msg"), str(Path(tmp) / "patch"),
+                   input=data, check=False)
     info = {}
     if result.ok:
         for line in result.stdout.decode("utf-8", "replace").splitlines():
@@ -303,7 +310,7 @@ def _describe_patch(path: Path, name: str, data: bytes, tmp: str):
 
 
 def tree_of(path: Path, commit: str) -> str:
-    return query(path, "rev-parse", f"{commit}^{{tree}}")
+    return text(path, "rev-parse", f"{commit}^{{tree}}")
 
 
 def tree_with(path: Path, paths: list[str]) -> str:
@@ -313,19 +320,18 @@ def tree_with(path: Path, paths: list[str]) -> str:
     with tempfile.TemporaryDirectory(prefix="kps-tree-") as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         if read_only():  # the new objects go to the scratch folder, not the checkout
-            objects = query(path, "rev-parse", "--path-format=absolute", "--git-path", "objects")
+            objects = text(path, "rev-parse", "--path-format=absolute", "--git-path", "objects")
             env.update({"GIT_OBJECT_DIRECTORY": str(Path(tmp) / "objects"),
                         "GIT_ALTERNATE_OBJECT_DIRECTORIES": objects})
         query(path, "read-tree", "HEAD", env=env)
         data = "".join(p + "\0" for p in paths).encode("utf-8", "surrogateescape")
-        runner.query(_argv(path, "update-index", "--add", "--remove", "-z", "--stdin"),
-                     env={**_ENV, **env}, input=data)
-        return query(path, "write-tree", env=env)
+        query(path, "update-index", "--add", "--remove", "-z", "--stdin", env=env, input=data)
+        return text(path, "write-tree", env=env)
 
 
 def paths_only_in(path: Path, old: str, new: str) -> list[str]:
     """Files tracked at ``old`` but not at ``new``."""
-    out = query(path, "diff", "--name-only", "-z", "--no-renames", "--diff-filter=D", old, new)
+    out = text(path, "diff", "--name-only", "-z", "--no-renames", "--diff-filter=D", old, new)
     return [p for p in out.split("\0") if p]
 
 
@@ -380,13 +386,13 @@ def stash(path: Path, log: Path, label: str, message: str) -> None:
 
 def on_some_ref(path: Path, commit: str) -> bool:
     """Whether a branch or tag holds ``commit`` (so moving HEAD loses nothing)."""
-    out = query(path, "for-each-ref", "--count=1", "--contains", commit,
+    out = text(path, "for-each-ref", "--count=1", "--contains", commit,
                 "--format=%(refname)", "refs/heads", "refs/tags", "refs/remotes", check=False)
     return bool(out.strip())
 
 
 def commits_between(path: Path, base: str, tip: str) -> list[str]:
-    out = query(path, "log", "--format=%h %s", f"{base}..{tip}", check=False)
+    out = text(path, "log", "--format=%h %s", f"{base}..{tip}", check=False)
     return out.splitlines()
 
 
@@ -450,8 +456,7 @@ def scratch_clone(source: Path, dest: Path) -> None:
     """A throw-away clone of the checkout ``source`` in ``dest``, with no
     work tree, borrowing its objects (``--shared``).  Only read from: git
     "freshens" (touches) a borrowed object whenever it writes one it has."""
-    runner.query(_argv(None, "clone", "-q", "--no-checkout", "--shared", str(source),
-                       str(dest)), env=_ENV)
+    query(None, "clone", "-q", "--no-checkout", "--shared", str(source), str(dest))
 
 
 def commit_named(repo: Path, ref: str) -> str | None:
@@ -470,7 +475,7 @@ def fetch_scratch(dest: Path, url: str, ref: str) -> str:
     dest.mkdir(parents=True, exist_ok=True)
     query(dest, "init", "-q")
     query(dest, "fetch", "-q", "--depth", "1", url, ref)
-    return query(dest, "rev-parse", "FETCH_HEAD^{commit}")
+    return text(dest, "rev-parse", "FETCH_HEAD^{commit}")
 
 
 def scratch_tree(repo: Path, commit: str, dest: Path) -> None:

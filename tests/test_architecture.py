@@ -177,3 +177,18 @@ def test_every_package_is_in_pyproject():
     listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     packages = {".".join(p.parent.relative_to(ROOT).parts) for p in TASKS.rglob("__init__.py")}
     assert sorted(packages) == sorted(listed)
+
+
+def test_every_query_gives_the_runners_result():
+    """git's, crictl's and the runner's quick commands all answer a
+    ``run.Result``: callers read ``.out``, ``.ok`` and ``.code`` alike."""
+    found, bad = [], []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name == "query":
+                found.append(name)
+                returns = ast.unparse(node.returns) if node.returns else None
+                if returns not in ("Result", "run.Result", "runner.Result"):
+                    bad.append(f"{name}.query -> {returns}")
+    assert {"tasks.run", "tasks.git", "tasks.host.pod.crictl"} <= set(found)
+    assert bad == []

@@ -191,6 +191,18 @@ def test_fetch_a_commit_that_is_not_there(tmp_path, upstream):
 # HEAD, branches, refs
 
 
+def test_query_gives_the_result_every_quick_command_gives(clone):
+    from tasks.run import Result
+
+    res = g.query(clone, "rev-parse", "--verify", "-q", "no-such-ref^{commit}", check=False)
+    assert isinstance(res, Result) and not res.ok and res.code == 1 and res.out == ""
+    head = g.query(clone, "rev-parse", "HEAD")
+    assert head.ok and head.out == g.head(clone) + "\n"
+    assert g.text(clone, "rev-parse", "HEAD") == g.head(clone)  # without the final newline
+    with pytest.raises(CommandFailed):
+        g.query(clone, "rev-parse", "--verify", "no-such-ref")
+
+
 def test_head_and_branch(tmp_path, clone, upstream):
     assert g.head(clone) == rev(upstream, "main") and g.branch(clone) is None
     assert g.head(tmp_path / "nothing") is None and g.branch(tmp_path / "nothing") is None

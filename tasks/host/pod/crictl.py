@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ... import run
@@ -27,13 +26,6 @@ def crictl_argv(socket: str, timeout: int) -> list[str]:
     endpoint = f"unix://{socket}"
     return ["crictl", "--runtime-endpoint", endpoint, "--image-endpoint", endpoint,
             f"--timeout={timeout}s"]
-
-
-@dataclass
-class Output:
-    code: int
-    out: str
-    err: str
 
 
 class Shell:
@@ -81,7 +73,8 @@ class Shell:
 
     def query(self, argv: list[str], *, check: bool = True, quiet: bool = False,
               record: bool = True, hint: str | None = None,
-              probe: str | None = None) -> Output:
+              probe: str | None = None) -> run.Result:
+        """``run.query`` through sudo when needed, kept in the transcript."""
         full = self.argv(argv)
         shown = shlex.join(full)
         if not quiet:
@@ -89,7 +82,6 @@ class Shell:
         started = time.monotonic()
         try:
             res = run.query(full, check=False)
-            out = Output(res.code, res.stdout.decode(errors="replace"), res.err)
         except run.ProgramMissing:
             self._write(self._command(shown, probe) + f"# {full[0]}: command not found\n\n")
             raise StackError(f"{full[0]}: command not found (wanted for: {shown})",
@@ -97,15 +89,15 @@ class Shell:
                                           "the folder it is installed in is on PATH") from None
         if record:
             text = self._command(shown, probe) + \
-                f"# exit {out.code} after {time.monotonic() - started:.1f} s\n"
-            for name, value in (("stdout", out.out), ("stderr", out.err)):
+                f"# exit {res.code} after {time.monotonic() - started:.1f} s\n"
+            for name, value in (("stdout", res.out), ("stderr", res.err)):
                 if value:
                     text += f"--- {name}\n{value.rstrip(chr(10))}\n"
             self._write(text + "\n")
-        if check and out.code != 0:
-            raise CommandFailed(shown, out.code, (out.err or out.out).strip(), str(self.log),
+        if check and res.code != 0:
+            raise CommandFailed(shown, res.code, (res.err or res.out).strip(), str(self.log),
                                 hint)
-        return out
+        return res
 
     def start(self, argv: list[str], log: Path):
         self._write(self._command(f"{shlex.join(self.argv(argv))} >> {log} 2>&1 &")
@@ -124,7 +116,7 @@ class Crictl:
         self.base = crictl_argv(socket, timeout)
 
     def __call__(self, *args: str, check: bool = True, quiet: bool = False,
-                 hint: str | None = None, probe: str | None = None) -> Output:
+                 hint: str | None = None, probe: str | None = None) -> run.Result:
         return self.shell.query(self.base + list(args), check=check, quiet=quiet, hint=hint,
                                 probe=probe)
 

@@ -181,7 +181,8 @@ def diagnostics(ws: Workspace, shell: Shell, socket: str, error: str,
             if None in args:
                 continue
             res = cri(*args, check=False, quiet=True)
-            (folder / name).write_text(res.out + (f"\n--- stderr\n{res.err}" if res.err else ""))
+            (folder / name).write_text(res.out + (f"\n--- stderr\n{res.err}" if res.err else ""),
+                                       errors="surrogateescape")  # its bytes as crictl wrote them
             index.append(f"{name}: crictl {' '.join(args)} (exit {res.code})")
     else:
         index.append(f"CRI-O does not answer on {socket}: no crictl queries")
