@@ -256,22 +256,38 @@ def merge(ws: Workspace, part_id: str, stage: Path, tid: str) -> dict:
     with _lock:
         complete_pending(ws)
         mine = record(ws, part_id).read()
-        old = mine.get("entries", {})
         owners = {}
         for other in sorted(recorded(ws) - {part_id}):
             for path, e in record(ws, other).read().get("entries", {}).items():
                 if e["type"] != "dir":
                     owners[path] = other
-        t = inroot.Target(root)
-        unowned = [p for p, e in new.items()
-                   if e["type"] != "dir" and (p not in old or old[p]["type"] == "dir")
-                   and _there(t, p)]
-        j = {**_base(ws, part_id, "merge", root), "stage": str(stage), "old": old, "new": new,
-             "old_backups": mine.get("backups", {}), "unowned": unowned}
+        moved = bool(mine.get("entries")) and mine.get("root", root) != root
+        if moved:
+            # Another destdir: each journal stays inside one root, so the old
+            # install is taken back from its own root first (once the merge
+            # is known not to be refused), then the new one merged as new.
+            refuse(ws, part_id, _merge_journal(ws, part_id, root, stage, new, {}), owners)
+            gone = {**_base(ws, part_id, "uninstall", mine["root"]), "stage": None,
+                    "old": mine["entries"], "new": {}, "old_backups": mine.get("backups", {}),
+                    "unowned": []}
+            _report(task_id("uninstall", part_id), gone, _run_journal(ws, part_id, gone, tid))
+            mine = {}
+        j = _merge_journal(ws, part_id, root, stage, new, mine)
         refuse(ws, part_id, j, owners)
         result = _run_journal(ws, part_id, j, tid)
     _report(tid, j, result)
     return result
+
+
+def _merge_journal(ws: Workspace, part_id: str, root: str, stage: Path, new: dict,
+                   mine: dict) -> dict:
+    old = mine.get("entries", {})
+    t = inroot.Target(root)
+    unowned = [p for p, e in new.items()
+               if e["type"] != "dir" and (p not in old or old[p]["type"] == "dir")
+               and _there(t, p)]
+    return {**_base(ws, part_id, "merge", root), "stage": str(stage), "old": old, "new": new,
+            "old_backups": mine.get("backups", {}), "unowned": unowned}
 
 
 def _there(t: inroot.Target, path: str) -> bool:

@@ -401,3 +401,26 @@ def test_a_folder_holding_a_file_no_install_recorded_does_not_become_a_file(odd)
            f"holds {t}/sub/mine, which no install recorded" in res.text
     assert (t / "sub/mine").read_text() == "my own file\n"
     assert (t / "inner").read_text() == "inner\n" and odd.staged(KEEP).read_text() == "two\n"
+
+
+def test_another_destdir_moves_the_install_there_and_back(project):
+    """Each journal stays inside one root: with another destdir the install
+    is taken back from the old root, then merged into the new one (and back)."""
+    repo = filer(project)
+    project.write_stack(component("filer", repo))
+    project.doit()
+    first, second = project.root / "stage", project.root / "stage2"
+    assert (first / "usr/local/share/x/f").read_text() == "f\n"
+
+    project.edit_stack("destdir: stage", "destdir: stage2")
+    res = project.doit()
+    assert "install:filer" in res.ran and "Traceback" not in res.text
+    assert (second / "usr/local/share/x/f").read_text() == "f\n"
+    assert not (first / "usr/local/share/x/f").exists()
+    assert manifest(project, "filer")["root"] == str(second)
+
+    project.edit_stack("destdir: stage2", "destdir: stage")
+    project.doit()
+    assert (first / "usr/local/share/x/f").read_text() == "f\n"
+    assert not (second / "usr/local/share/x/f").exists()
+    assert project.doit().ran == []
