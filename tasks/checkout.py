@@ -1,7 +1,7 @@
 """A checkout as the steps that build from it see it.
 
 What build and image share: the up-to-date check keyed on a checkout's
-content (``SourceCheck``), recording the untracked files our own commands
+content (``source_check``), recording the untracked files our own commands
 create as build output (``recording_outputs``), running a part's commands in
 its checkout, and the installed content of a component, which is part of
 the key of whatever ``needs`` it.
@@ -10,6 +10,7 @@ the key of whatever ``needs`` it.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 
 from . import tree
 from .action import task_id
@@ -36,34 +37,35 @@ def content_of(ws: Workspace, component: str, source: dict) -> dict:
     return tree.content(ws.checkout(component), source, ws.outputs(component))
 
 
-class SourceCheck(Check):
-    """A check keyed on a checkout's content (``key()["source"]``): our own
-    build outputs are left out of both sides, and a key that differs only
-    because an edit was committed (same files, new tree) still matches."""
+def source_check(ws: Workspace, tid: str, component: str, key, missing,
+                 part: Part | None = None) -> Check:
+    """The check of a task keyed on ``component``'s checkout content
+    (``key()["source"]``): our own build outputs are left out of both sides,
+    and a key that differs only because an edit was committed (same files,
+    new tree) still matches."""
+    return Check(ws.stamps, tid, key, missing, compare=partial(_without_outputs, ws, component),
+                 equivalent=partial(_committed, ws, component), part=part)
 
-    ws: Workspace
-    component: str
 
-    def compare(self, old: dict, new: dict) -> tuple[dict, dict]:
-        outputs = self.ws.outputs(self.component)
-        old = dict(old, source=tree.without_outputs(old.get("source", {}), outputs))
-        new = dict(new, source=tree.without_outputs(new["source"], outputs))
-        return old, new
+def _without_outputs(ws: Workspace, component: str, old: dict, new: dict) -> tuple[dict, dict]:
+    outputs = ws.outputs(component)
+    old = dict(old, source=tree.without_outputs(old.get("source", {}), outputs))
+    new = dict(new, source=tree.without_outputs(new["source"], outputs))
+    return old, new
 
-    def equivalent(self, stamp: dict, now: dict) -> bool:
-        if not stamp.get("content"):
-            return False
-        old, new = self.compare(stamp.get("key", {}), now)
-        if {k: v for k, v in old.items() if k != "source"} != \
-                {k: v for k, v in new.items() if k != "source"}:
-            return False
-        try:
-            same = content_of(self.ws, self.component, now["source"]) == stamp["content"]
-        except StackError:
-            return False
-        if same:
-            self.reason = "up to date (the same files, now committed)"
-        return same
+
+def _committed(ws: Workspace, component: str, stamp: dict, now: dict) -> bool:
+    """The same files as the stamp's content, now committed."""
+    if not stamp.get("content"):
+        return False
+    old, new = _without_outputs(ws, component, stamp.get("key", {}), now)
+    if {k: v for k, v in old.items() if k != "source"} != \
+            {k: v for k, v in new.items() if k != "source"}:
+        return False
+    try:
+        return content_of(ws, component, now["source"]) == stamp["content"]
+    except StackError:
+        return False
 
 
 @contextmanager

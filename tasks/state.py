@@ -21,6 +21,7 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import StackError
@@ -214,18 +215,50 @@ def own_verdict(check: Check, task=None) -> bool:
         _own.inside = False
 
 
-class Check:
-    """doit ``uptodate`` check: up to date when ``key()`` equals the stamp's.
+def in_words(old: dict, new: dict) -> str:
+    """What differs between two keys, in plain words (six changes at most)."""
+    changes = explain(old, new)
+    return "; ".join(changes[:6]) + (" ..." if len(changes) > 6 else "")
 
-    Subclasses define ``key()`` (may raise ``StackError`` to say "stale,
-    because...") and may define ``missing()`` for outputs that must exist.
-    ``compared`` keeps the last (stamp key, key now) compared, ``task`` the
-    doit task (its ``task_dep``), for ``tasks/plan.py``.
+
+def _nothing_missing() -> None:
+    return None
+
+
+def _as_they_are(old: dict, new: dict) -> tuple[dict, dict]:
+    return old, new
+
+
+def _never(stamp: dict, now: dict) -> bool:
+    return False
+
+
+class Check:
+    """doit ``uptodate`` check: up to date when ``key()`` equals the stamp's
+    key and no output is ``missing()``.  As doit's ``config_changed`` takes a
+    config, it takes the functions that say what its task depends on; they
+    live in the step module, and every task's check is this one class.
+
+    ``key()`` is the key now (it may raise ``StackError`` to say "stale,
+    because..."), ``missing()`` why an output that must exist is not there
+    (or None).  ``compare(old, new)`` gives both keys as they should be
+    compared, ``equivalent(stamp, now)`` whether keys that differ still mean
+    the same, ``changed(old, new)`` what differs in words; ``part`` is the
+    part checked, if any.  ``compared`` keeps the last (stamp key, key now)
+    compared, ``task`` the doit task (its ``task_dep``), for
+    ``tasks/plan.py``.
     """
 
-    def __init__(self, stamps: Stamps, task_id: str):
+    def __init__(self, stamps: Stamps, task_id: str, key: Callable[[], dict],
+                 missing: Callable[[], str | None] = _nothing_missing, *,
+                 compare: Callable[[dict, dict], tuple[dict, dict]] = _as_they_are,
+                 equivalent: Callable[[dict, dict], bool] = _never,
+                 changed: Callable[[dict, dict], str] = in_words, part=None):
         self.stamps = stamps
         self.task_id = task_id
+        self.key, self.missing = key, missing
+        self.compare, self.equivalent, self.changed = compare, equivalent, changed
+        self.part = part
         self.reason = "not checked yet"
         self.compared: tuple[dict, dict] | None = None
         self.task = None
@@ -233,20 +266,6 @@ class Check:
 
     def configure_task(self, task) -> None:  # doit calls it when the task is made
         self.task = task
-
-    def key(self) -> dict:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def missing(self) -> str | None:
-        return None
-
-    def compare(self, old: dict, new: dict) -> tuple[dict, dict]:
-        """Both keys as they should be compared (a hook for filtering)."""
-        return old, new
-
-    def equivalent(self, stamp: dict, now: dict) -> bool:
-        """Whether keys that differ still mean the same (a hook)."""
-        return False
 
     def __call__(self, task=None, values=None) -> bool:
         if _predictor is not None and not getattr(_own, "inside", False):
@@ -266,7 +285,7 @@ class Check:
         if changes and self.equivalent(stamp, now):
             changes = []
         if changes:
-            self.reason = "; ".join(changes[:6]) + (" ..." if len(changes) > 6 else "")
+            self.reason = self.changed(*self.compared)
             return False
         gone = self.missing()
         if gone:

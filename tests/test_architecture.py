@@ -192,3 +192,14 @@ def test_every_query_gives_the_runners_result():
                     bad.append(f"{name}.query -> {returns}")
     assert {"tasks.run", "tasks.git", "tasks.host.pod.crictl"} <= set(found)
     assert bad == []
+
+
+def test_one_check_class():
+    """Every task's up-to-date check is ``state.Check``, given the step's key
+    and missing functions (as doit's ``config_changed`` is given its config):
+    no module subclasses it."""
+    bad = [f"{name}.{node.name}" for name, path in MODULES.items()
+           for node in ast.walk(ast.parse(path.read_text()))
+           if isinstance(node, ast.ClassDef)
+           and any(ast.unparse(base).split(".")[-1].endswith("Check") for base in node.bases)]
+    assert bad == []

@@ -178,25 +178,18 @@ def test_explain_in_plain_words():
     assert explain(old, old) == []
 
 
-class KeyCheck(Check):
-    def __init__(self, stamps, task_id, key=None, gone=None, fails=None, same_when=None):
-        super().__init__(stamps, task_id)
-        self._key, self._gone, self._fails, self._same_when = key, gone, fails, same_when
+def key_check(stamps, task_id, key=None, gone=None, fails=None, **hooks) -> Check:
+    """A check of a fixed key (or one that cannot be computed: ``fails``)."""
+    def key_now():
+        if fails:
+            raise StackError(fails)
+        return key
 
-    def key(self):
-        if self._fails:
-            raise StackError(self._fails)
-        return self._key
-
-    def missing(self):
-        return self._gone
-
-    def equivalent(self, stamp, now):
-        return self._same_when is not None and self._same_when(stamp, now)
+    return Check(stamps, task_id, key_now, lambda: gone, **hooks)
 
 
 def test_check_never_ran(tmp_path):
-    check = KeyCheck(Stamps(tmp_path), "build:x", key={"a": 1})
+    check = key_check(Stamps(tmp_path), "build:x", key={"a": 1})
     assert repr(check) == "build:x: not checked yet"
     assert check() is False
     assert check.reason == "never ran, or its last run did not finish"
@@ -205,9 +198,9 @@ def test_check_never_ran(tmp_path):
 def test_check_up_to_date_and_key_changes(tmp_path):
     stamps = Stamps(tmp_path)
     stamps.write("build:x", {"commit": "abc", "env": {"CC": "gcc"}})
-    check = KeyCheck(stamps, "build:x", key={"commit": "abc", "env": {"CC": "gcc"}})
+    check = key_check(stamps, "build:x", key={"commit": "abc", "env": {"CC": "gcc"}})
     assert check(None, {}) is True and repr(check) == "build:x: up to date"
-    check = KeyCheck(stamps, "build:x", key={"commit": "def", "env": {"CC": "clang"}})
+    check = key_check(stamps, "build:x", key={"commit": "def", "env": {"CC": "clang"}})
     assert check() is False
     assert check.reason == "commit: abc -> def; env.CC: gcc -> clang"
 
@@ -215,7 +208,7 @@ def test_check_up_to_date_and_key_changes(tmp_path):
 def test_check_says_at_most_six_changes(tmp_path):
     stamps = Stamps(tmp_path)
     stamps.write("build:x", {f"k{i}": i for i in range(8)})
-    check = KeyCheck(stamps, "build:x", key={f"k{i}": i + 1 for i in range(8)})
+    check = key_check(stamps, "build:x", key={f"k{i}": i + 1 for i in range(8)})
     assert check() is False
     assert check.reason.count("->") == 6 and check.reason.endswith(" ...")
 
@@ -223,37 +216,56 @@ def test_check_says_at_most_six_changes(tmp_path):
 def test_check_a_key_that_cannot_be_computed(tmp_path):
     stamps = Stamps(tmp_path)
     stamps.write("build:x", {"a": 1})
-    check = KeyCheck(stamps, "build:x", fails="alpha is not installed yet")
+    check = key_check(stamps, "build:x", fails="alpha is not installed yet")
     assert check() is False and check.reason == "alpha is not installed yet"
 
 
 def test_check_a_missing_output(tmp_path):
     stamps = Stamps(tmp_path)
     stamps.write("build:x", {"a": 1})
-    check = KeyCheck(stamps, "build:x", key={"a": 1}, gone="bin/alpha is missing")
+    check = key_check(stamps, "build:x", key={"a": 1}, gone="bin/alpha is missing")
     assert check() is False and check.reason == "bin/alpha is missing"
     # A changed key is said first.
-    check = KeyCheck(stamps, "build:x", key={"a": 2}, gone="bin/alpha is missing")
+    check = key_check(stamps, "build:x", key={"a": 2}, gone="bin/alpha is missing")
     assert check() is False and check.reason == "a: 1 -> 2"
 
 
 def test_check_equivalent_and_compare_hooks(tmp_path):
     stamps = Stamps(tmp_path)
     stamps.write("build:x", {"a": 1, "noise": 1})
-    same = KeyCheck(stamps, "build:x", key={"a": 1, "noise": 2},
-                    same_when=lambda stamp, now: stamp["key"]["a"] == now["a"])
+    same = key_check(stamps, "build:x", key={"a": 1, "noise": 2},
+                    equivalent=lambda stamp, now: stamp["key"]["a"] == now["a"])
     assert same() is True and same.reason == "up to date"
-    differs = KeyCheck(stamps, "build:x", key={"a": 2, "noise": 2},
-                       same_when=lambda stamp, now: stamp["key"]["a"] == now["a"])
+    differs = key_check(stamps, "build:x", key={"a": 2, "noise": 2},
+                       equivalent=lambda stamp, now: stamp["key"]["a"] == now["a"])
     assert differs() is False and differs.reason == "a: 1 -> 2; noise: 1 -> 2"
 
-    class Filtered(KeyCheck):
-        def compare(self, old, new):
-            return ({k: v for k, v in old.items() if k != "noise"},
-                    {k: v for k, v in new.items() if k != "noise"})
+    def quiet(old, new):
+        return ({k: v for k, v in old.items() if k != "noise"},
+                {k: v for k, v in new.items() if k != "noise"})
 
-    assert Filtered(stamps, "build:x", key={"a": 1, "noise": 9})() is True
-    assert Filtered(stamps, "build:x", key={"a": 3, "noise": 9})() is False
+    assert key_check(stamps, "build:x", key={"a": 1, "noise": 9}, compare=quiet)() is True
+    filtered = key_check(stamps, "build:x", key={"a": 3, "noise": 9}, compare=quiet)
+    assert filtered() is False and filtered.reason == "a: 1 -> 3"
+    assert filtered.compared == ({"a": 1}, {"a": 3})
+
+
+def test_check_says_what_changed_in_its_own_words(tmp_path):
+    stamps = Stamps(tmp_path)
+    stamps.write("check", {"requirements": {"gcc": 1}, "other": 1})
+    check = key_check(stamps, "check", key={"requirements": {"gcc": 2}, "other": 1},
+                      changed=lambda old, new: f"gcc: {old['requirements']['gcc']} -> "
+                                               f"{new['requirements']['gcc']}, in words")
+    assert check() is False and check.reason == "gcc: 1 -> 2, in words"
+    assert key_check(stamps, "check", key={"requirements": {"gcc": 1}, "other": 1},
+                     changed=lambda old, new: "never said")() is True
+
+
+def test_every_check_is_the_one_class(tmp_path):
+    """Steps give it functions, not subclasses; the part is there for the planner."""
+    check = key_check(Stamps(tmp_path), "install:a", key={}, part="a")
+    assert type(check) is Check and check.part == "a"
+    assert key_check(Stamps(tmp_path), "fetch:a", key={}).part is None
 
 
 # --------------------------------------------------------------------------

@@ -9,11 +9,13 @@ of the components it ``needs``.
 from __future__ import annotations
 
 import re
+from functools import partial
 
 from ..action import Done, installs_of, step, task_id
-from ..checkout import SourceCheck, content_of, installed_of, run_commands
+from ..checkout import content_of, installed_of, run_commands, source_check
 from ..errors import StackError
 from ..model import Component, Part
+from ..state import Check
 from ..workspace import Workspace
 
 
@@ -52,32 +54,29 @@ def build_key(ws: Workspace, part: Part, fresh: bool = False) -> dict:
     }
 
 
-class BuildCheck(SourceCheck):
+def build_missing(ws: Workspace, part: Part) -> str | None:
+    tid = task_id("build", part.id)
+    if ws.stamps.produced(tid, "from_cache"):
+        # a cache hit built no artifact: the pulled tree is what counts
+        if not _cache().kept(ws, part).is_dir():
+            return "the tree pulled from the build cache is missing"
+        pulled = ws.stamps.produced(tid, "cache_key") or {}
+        if pulled.get("install") != _cache().install_inputs(ws, part):
+            return "the install changed since its tree was pulled from the build cache"
+        return None
+    root = ws.checkout(part.component)
+    for artifact in part.artifacts:
+        if not (root / artifact).exists():
+            return f"artifact {artifact} is missing"
+    return None
+
+
+def _uptodate(ws: Workspace, part: Part) -> Check:
     """Stale when the checkout's content, the commands, env or named settings
     change, a needed component was reinstalled differently, or an artifact
     is missing."""
-
-    def __init__(self, ws: Workspace, part: Part):
-        super().__init__(ws.stamps, task_id("build", part.id))
-        self.ws, self.part, self.component = ws, part, part.component
-
-    def key(self) -> dict:
-        return build_key(self.ws, self.part)
-
-    def missing(self) -> str | None:
-        if self.ws.stamps.produced(self.task_id, "from_cache"):
-            # a cache hit built no artifact: the pulled tree is what counts
-            if not _cache().kept(self.ws, self.part).is_dir():
-                return "the tree pulled from the build cache is missing"
-            pulled = self.ws.stamps.produced(self.task_id, "cache_key") or {}
-            if pulled.get("install") != _cache().install_inputs(self.ws, self.part):
-                return "the install changed since its tree was pulled from the build cache"
-            return None
-        root = self.ws.checkout(self.part.component)
-        for artifact in self.part.artifacts:
-            if not (root / artifact).exists():
-                return f"artifact {artifact} is missing"
-        return None
+    return source_check(ws, task_id("build", part.id), part.component,
+                        partial(build_key, ws, part), partial(build_missing, ws, part), part)
 
 
 def _build(ws: Workspace, part: Part) -> dict:
@@ -127,7 +126,7 @@ def build_tasks(ws: Workspace):
                 "doc": _doc(c, part),
                 "actions": [step(ws, task_id("build", part.id), lambda p=part: _build(ws, p))],
                 "task_dep": [task_id("check"), task_id("patch", c.name)] + needs,
-                "uptodate": [BuildCheck(ws, part)],
+                "uptodate": [_uptodate(ws, part)],
             }
 
 

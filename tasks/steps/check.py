@@ -34,6 +34,7 @@ from collections import ChainMap
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 from .. import catalog
 from ..action import Done, step, task_id
@@ -45,7 +46,7 @@ from ..host.prereqs import probe
 from ..host.prereqs.fixes import fixes
 from ..host.prereqs.probe import Found
 from ..run import is_root, say
-from ..state import Check, digest
+from ..state import Check, digest, in_words
 from ..workspace import Workspace
 
 TASK = task_id("check")
@@ -258,35 +259,30 @@ def check_key(ws: Workspace) -> dict:
     return make_key(snapshot(ws))
 
 
-class PrereqCheck(Check):
+def shown(ws: Workspace) -> str | None:
+    """Named on the command line, the check shows its last report even when
+    up to date (and reruns when that report is gone)."""
+    if TASK not in ws.requested:
+        return None
+    try:
+        say(ws.log(TASK).read_text().rstrip("\n") + "\n(up to date: nothing it looks at "
+            "changed since this report)")
+    except OSError:
+        return "named on the command line, and its last report is gone"
+    return None
+
+
+def changed(old: dict, new: dict) -> str:
+    """What changed, in words: the requirements first."""
+    return ("; ".join(_changes(old.get("requirements", {}), new.get("requirements", {})))
+            or in_words(old, new))
+
+
+def _uptodate(ws: Workspace) -> Check:
     """Stale when a requirement is added or changed in stack.yaml, or when
     what is found for one changes (another program on PATH, a program
     replaced, a file or device appearing or going)."""
-
-    def __init__(self, ws: Workspace):
-        super().__init__(ws.stamps, TASK)
-        self.ws = ws
-
-    def key(self) -> dict:
-        return check_key(self.ws)
-
-    def compare(self, old: dict, new: dict) -> tuple[dict, dict]:
-        self._compared = (old.get("requirements", {}), new.get("requirements", {}))
-        return old, new
-
-    def __call__(self, task=None, values=None) -> bool:
-        self._compared = None
-        ok = super().__call__(task, values)
-        if ok and TASK in self.ws.requested:  # named: its report even when up to date
-            try:
-                say(self.ws.log(TASK).read_text().rstrip("\n") + "\n(up to date: nothing it "
-                    "looks at changed since this report)")
-            except OSError:
-                self.reason = "named on the command line, and its last report is gone"
-                return False
-        if not ok and self._compared:
-            self.reason = "; ".join(_changes(*self._compared)) or self.reason
-        return ok
+    return Check(ws.stamps, TASK, partial(check_key, ws), partial(shown, ws), changed=changed)
 
 
 def _human(sig: str) -> str:
@@ -468,5 +464,5 @@ def task(ws: Workspace) -> dict:
         "doc": "check the tools, libraries and devices the stack needs "
                "(found, wanted, how to install)",
         "actions": [step(ws, TASK, lambda: _check(ws))],
-        "uptodate": [PrereqCheck(ws)],
+        "uptodate": [_uptodate(ws)],
     }

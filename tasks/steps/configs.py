@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 import shlex
+from functools import partial
 from pathlib import Path
 
 from ..action import installs_of, step, task_id
@@ -175,23 +176,19 @@ def config_key(ws: Workspace, cfg: Config, values: Values | None = None) -> dict
     }
 
 
-class ConfigCheck(Check):
+def config_missing(ws: Workspace, cfg: Config) -> str | None:
+    path = ws.stack.target(cfg.path)
+    if not path.exists():
+        return f"{path} is missing"
+    return None
+
+
+def _config_uptodate(ws: Workspace, cfg: Config) -> Check:
     """Stale when the base's content, the values (after substitution, so the
     image's kernel and initrd count), the unset keys or the format change,
     or when the file is missing."""
-
-    def __init__(self, ws: Workspace, cfg: Config):
-        super().__init__(ws.stamps, task_id("config", cfg.name))
-        self.ws, self.cfg = ws, cfg
-
-    def key(self) -> dict:
-        return config_key(self.ws, self.cfg)
-
-    def missing(self) -> str | None:
-        path = self.ws.stack.target(self.cfg.path)
-        if not path.exists():
-            return f"{path} is missing"
-        return None
+    return Check(ws.stamps, task_id("config", cfg.name), partial(config_key, ws, cfg),
+                 partial(config_missing, ws, cfg))
 
 
 def _write_config(ws: Workspace, cfg: Config, force: bool) -> dict:
@@ -261,20 +258,16 @@ def wrapper_key(ws: Workspace) -> dict:
             "content": digest(wrapper_text(ws))}
 
 
-class WrapperCheck(Check):
+def wrapper_missing(ws: Workspace) -> str | None:
+    path = Path(wrapper_key(ws)["path"])
+    return None if path.exists() else f"{path} is missing"
+
+
+def _wrapper_uptodate(ws: Workspace) -> Check:
     """Stale when the script's text (template, prefix, workdir) or its path
     changes, or when it is missing."""
-
-    def __init__(self, ws: Workspace):
-        super().__init__(ws.stamps, task_id("config", WRAPPER))
-        self.ws = ws
-
-    def key(self) -> dict:
-        return wrapper_key(self.ws)
-
-    def missing(self) -> str | None:
-        path = Path(self.key()["path"])
-        return None if path.exists() else f"{path} is missing"
+    return Check(ws.stamps, task_id("config", WRAPPER), partial(wrapper_key, ws),
+                 partial(wrapper_missing, ws))
 
 
 def _write_wrapper(ws: Workspace, force: bool) -> dict:
@@ -320,7 +313,7 @@ def tasks(ws: Workspace, force=None):
                    "is missing",
             "actions": [step(ws, task_id("config", WRAPPER),
                              lambda: _write_wrapper(ws, forced))],
-            "uptodate": [WrapperCheck(ws)],
+            "uptodate": [_wrapper_uptodate(ws)],
         }
     for cfg in ws.stack.configs.values():
         doc = f"write {cfg.path}"
@@ -337,5 +330,5 @@ def tasks(ws: Workspace, force=None):
             "actions": [step(ws, task_id("config", cfg.name),
                              lambda c=cfg: _write_config(ws, c, forced))],
             "task_dep": _deps(ws, cfg),
-            "uptodate": [ConfigCheck(ws, cfg)],
+            "uptodate": [_config_uptodate(ws, cfg)],
         }

@@ -9,6 +9,7 @@ patch step does.  A locked commit already present needs no network at all.
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from .. import git
 from ..action import step, task_id
@@ -19,23 +20,6 @@ from ..state import Check
 from ..workspace import Workspace
 
 
-class FetchCheck(Check):
-    """Stale when git, ref, submodules or depth change, when stack.lock moves
-    the commit, or when the checkout is gone."""
-
-    def __init__(self, ws: Workspace, c: Component):
-        super().__init__(ws.stamps, task_id("fetch", c.name))
-        self.ws, self.c = ws, c
-
-    def key(self) -> dict:
-        return fetch_key(self.ws, self.c)
-
-    def missing(self) -> str | None:
-        if not git.is_repo(self.ws.checkout(self.c.name)):
-            return f"checkout {self.ws.checkout(self.c.name)} is missing"
-        return None
-
-
 def fetch_key(ws: Workspace, c: Component) -> dict:
     return {
         "git": c.git,
@@ -44,6 +28,19 @@ def fetch_key(ws: Workspace, c: Component) -> dict:
         "depth": c.depth,
         "commit": ws.lockfile.commit_for(c.name, c.git, c.ref),
     }
+
+
+def fetch_missing(ws: Workspace, c: Component) -> str | None:
+    if not git.is_repo(ws.checkout(c.name)):
+        return f"checkout {ws.checkout(c.name)} is missing"
+    return None
+
+
+def _uptodate(ws: Workspace, c: Component) -> Check:
+    """Stale when git, ref, submodules or depth change, when stack.lock moves
+    the commit, or when the checkout is gone."""
+    return Check(ws.stamps, task_id("fetch", c.name), partial(fetch_key, ws, c),
+                 partial(fetch_missing, ws, c))
 
 
 def resolve_and_fetch(ws: Workspace, c: Component) -> str:
@@ -169,7 +166,7 @@ def tasks(ws: Workspace):
         ws, "fetch", _fetch,
         lambda c: f"fetch {c.name} {c.ref} from {c.git}; reruns when git, ref, submodules or "
                   "depth change, stack.lock moves the commit, or the checkout is gone",
-        FetchCheck)
+        _uptodate)
 
 
 def update_tasks(ws: Workspace):

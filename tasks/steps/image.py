@@ -28,15 +28,17 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from functools import partial
 from pathlib import Path
 
 from .. import run
 from ..action import Done, installs_of, step, task_id
-from ..checkout import SourceCheck, content_of, installed_of, recording_outputs
+from ..checkout import content_of, installed_of, recording_outputs, source_check
 from ..errors import StackError
 from ..host import runtime
 from ..host.image import imagefile, qemuboot
 from ..run import say, tail
+from ..state import Check
 from ..workspace import Workspace
 
 TASK = task_id("image")
@@ -97,23 +99,19 @@ def agent_path(ws: Workspace) -> str | None:
     return AGENT if ws.stack.image.profile.startswith("kata") else None
 
 
-class ImageCheck(SourceCheck):
+def image_missing(ws: Workspace) -> str | None:
+    output = ws.stack.image.output
+    if not output.is_file():
+        return f"the image {output} is missing"
+    return None
+
+
+def _uptodate(ws: Workspace) -> Check:
     """Stale when the builder's checkout, the installed files of the
     components it needs, a program the image took from PATH, the kernel or
     any option changes, or when the image file is missing."""
-
-    def __init__(self, ws: Workspace):
-        super().__init__(ws.stamps, TASK)
-        self.ws, self.component = ws, ws.stack.image.builder
-
-    def key(self) -> dict:
-        return image_key(self.ws)
-
-    def missing(self) -> str | None:
-        output = self.ws.stack.image.output
-        if not output.is_file():
-            return f"the image {output} is missing"
-        return None
+    return source_check(ws, TASK, ws.stack.image.builder, partial(image_key, ws),
+                        partial(image_missing, ws))
 
 
 def search_path(ws: Workspace) -> str:
@@ -279,7 +277,7 @@ def tasks(ws: Workspace):
                + "the kernel or an option changes, or the image is missing",
         "actions": [step(ws, TASK, lambda: _build(ws))],
         "task_dep": [task_id("check"), task_id("patch", img.builder)] + needs,
-        "uptodate": [ImageCheck(ws)],
+        "uptodate": [_uptodate(ws)],
         "meta": {k: v for k, v in built.items() if v},  # shown by doit info image
     }
 

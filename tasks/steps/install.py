@@ -26,6 +26,7 @@ left stack.yaml still have on disk (``manifest.leftovers``).
 from __future__ import annotations
 
 import os
+from functools import partial
 
 from .. import manifest
 from ..action import Done, Notice, step, task_id
@@ -88,29 +89,25 @@ def install_key(ws: Workspace, part: Part) -> dict:
     return key
 
 
-class InstallCheck(Check):
+def install_missing(ws: Workspace, part: Part) -> str | None:
+    for target in part.installs:
+        path = manifest.target(ws, target)
+        if not path.exists() and not path.is_symlink():
+            return f"installed file {path} is missing"
+    if not manifest.record(ws, part.id).exists():
+        return "there is no record of what it installed"
+    return None
+
+
+def _uptodate(ws: Workspace, part: Part) -> Check:
     """Stale when an artifact's content, the commands, env, destdir or prefix
     change, or an installed file or the record of the install is missing.
     A part without artifacts is stale too when its build last ran on
     something else than this install did (``built_on``: the checkout's
     content, the build's commands, env, settings or needs), read from the
     build's stamp: the checkout it copies from is not walked."""
-
-    def __init__(self, ws: Workspace, part: Part):
-        super().__init__(ws.stamps, task_id("install", part.id))
-        self.ws, self.part = ws, part
-
-    def key(self) -> dict:
-        return install_key(self.ws, self.part)
-
-    def missing(self) -> str | None:
-        for target in self.part.installs:
-            path = manifest.target(self.ws, target)
-            if not path.exists() and not path.is_symlink():
-                return f"installed file {path} is missing"
-        if not manifest.record(self.ws, self.part.id).exists():
-            return "there is no record of what it installed"
-        return None
+    return Check(ws.stamps, task_id("install", part.id), partial(install_key, ws, part),
+                 partial(install_missing, ws, part), part=part)
 
 
 def _install(ws: Workspace, part: Part) -> Done:
@@ -170,5 +167,5 @@ def install_tasks(ws: Workspace):
                          "installed file or the record of what it installed is missing",
                 "actions": [step(ws, task_id("install", part.id), lambda p=part: _install(ws, p))],
                 "task_dep": [task_id("build", part.id)],
-                "uptodate": [InstallCheck(ws, part)],
+                "uptodate": [_uptodate(ws, part)],
             }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import partial
 
 from .. import git
 from ..action import ids, step, task_id
@@ -53,22 +54,18 @@ def _jsonable(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-class PatchCheck(Check):
+def patch_missing(ws: Workspace, c: Component) -> str | None:
+    if ws.marker(c.name).exists():
+        return "a previous move of the checkout was interrupted"
+    if git.head(ws.checkout(c.name)) is None:
+        return "the checkout has no commit checked out (was it removed?)"
+    return None
+
+
+def _uptodate(ws: Workspace, c: Component) -> Check:
     """Stale when the base commit or any patch's content changes."""
-
-    def __init__(self, ws: Workspace, c: Component):
-        super().__init__(ws.stamps, task_id("patch", c.name))
-        self.ws, self.c = ws, c
-
-    def key(self) -> dict:
-        return patch_key(self.ws, self.c)
-
-    def missing(self) -> str | None:
-        if self.ws.marker(self.c.name).exists():
-            return "a previous move of the checkout was interrupted"
-        if git.head(self.ws.checkout(self.c.name)) is None:
-            return "the checkout has no commit checked out (was it removed?)"
-        return None
+    return Check(ws.stamps, task_id("patch", c.name), partial(patch_key, ws, c),
+                 partial(patch_missing, ws, c))
 
 
 def _recover(ws: Workspace, c: Component, log, label) -> None:
@@ -181,5 +178,5 @@ def tasks(ws: Workspace):
                       else "; reruns when the base commit changes"),
             "actions": [step(ws, task_id("patch", c.name), lambda c=c: _patch(ws, c))],
             "task_dep": deps,
-            "uptodate": [PatchCheck(ws, c)],
+            "uptodate": [_uptodate(ws, c)],
         }
