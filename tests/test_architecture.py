@@ -203,3 +203,19 @@ def test_one_check_class():
            if isinstance(node, ast.ClassDef)
            and any(ast.unparse(base).split(".")[-1].endswith("Check") for base in node.bases)]
     assert bad == []
+
+
+# Test files that check a property of the whole tool through doit, rather
+# than one module or step.
+SUITES = {"architecture", "commands", "escape", "faults", "hostile", "predict", "progress",
+          "stack_cache", "trust"}
+
+
+def test_the_tests_mirror_the_rooms():
+    """tests/test_NAME.py (or test_NAME_TOPIC.py) tests the module or step
+    NAME; the other files are the property suites above."""
+    names = {n.split(".")[-1] for n in MODULES}
+    bad = [p.name for p in sorted((ROOT / "tests").glob("test_*.py"))
+           if p.stem[5:] not in names | SUITES
+           and not any(p.stem[5:].startswith(n + "_") for n in names)]
+    assert bad == []

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ALPHA_BETA, ROOT, git
 
 ALL_AB = ["check", "fetch:alpha", "fetch:beta", "patch:alpha", "patch:beta", "build:alpha",
           "install:alpha", "build:beta", "install:beta"]
@@ -160,3 +160,84 @@ def test_dumpdb_through_plain_doit_says_what_to_use(tmp_path):
         "ERROR: doit dumpdb is not supported by kata-passt-stack: what each task last ran for "
         "is in <workdir>/state/stamps/*.json (doit info TASK says in words why it would run)"]
     assert databases_in(ROOT) == before
+
+
+# --------------------------------------------------------------------------
+# Plain doit, list, info, help, the reporters, -n and stack=
+
+def test_first_run_builds_all_and_second_run_does_nothing(ab):
+    first = ab.doit()
+    assert sorted(first.ran) == sorted(ALL_AB)
+    beta = ab.staged("/usr/local/share/beta/beta.txt").read_text()
+    assert beta == "alpha one\nbeta\nhello from the patch\n"
+    assert os.access(ab.staged("/usr/local/bin/alpha"), os.X_OK)
+    lock = (ab.root / "stack.lock").read_text()
+    assert git(ab.up.alpha(), "rev-parse", "v1^{commit}") in lock
+
+    second = ab.doit()
+    assert second.ran == []
+    assert sorted(second.uptodate) == sorted(ALL_AB)
+    assert "$ " not in second.err  # no command ran
+
+
+def test_state_lives_under_the_workdir(ab):
+    ab.doit()
+    assert (ab.workdir / ".doit.db").exists()
+    assert not (ab.root / ".doit.db").exists()
+    from conftest import ROOT
+    assert not (ROOT / ".doit.db").exists()
+    assert (ab.workdir / "logs" / "build-alpha.log").exists()
+
+
+def test_parallel_run_then_noop(ab):
+    res = ab.doit("-n", "4", "-P", "thread")
+    assert sorted(res.ran) == sorted(ALL_AB)
+    assert ab.doit("-n", "4", "-P", "thread").ran == []
+
+
+def test_list_and_info(ab):
+    res = ab.doit("list", "--all")
+    for name in ALL_AB + ["update:alpha", "reset:beta"]:
+        assert name in res.out
+    ab.doit()
+    (ab.src("beta") / "beta.in").write_text("changed\n")
+    res = ab.doit("info", "build:beta", expect=None)
+    assert "beta.in" in res.out
+
+
+@pytest.mark.parametrize("command", [("list", "--all"), ("list", "--status"),
+                                     ("info", "build:beta"), ("help",), ("help", "build")])
+def test_read_only_commands_write_nothing(ab, tmp_path, command):
+    ok = (0, 1) if command[0] == "info" else (0,)  # info exits 1 for a stale task
+    fresh = ab.doit(*command, expect=None)
+    assert fresh.code in ok, fresh.text
+    assert not (ab.root / "build").exists()  # no workdir, no database, no cache
+    ab.doit()
+    (ab.src("beta") / "beta.in").write_text("changed\n")  # info has something to say
+    before = snapshot(tmp_path)
+    res = ab.doit(*command, expect=None)
+    assert res.code in ok, res.text
+    assert snapshot(tmp_path) == before
+
+
+def test_json_reporter(ab):
+    import json
+    res = ab.doit("--reporter", "json")
+    data = json.loads(res.out)
+    assert {t["name"] for t in data["tasks"]} >= set(ALL_AB)
+
+
+def test_stack_variable_selects_the_spec(project, tmp_path):
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    alpha = project.up.alpha()
+    (other / "s.yaml").write_text(ALPHA_BETA.split("beta:")[0].join(["", ""]) and
+                                  "version: 1\nsettings: {destdir: st}\ncomponents:\n"
+                                  + "\n".join("  " + line for line in
+                                              ALPHA_BETA.format(alpha=alpha, beta="")
+                                              .split("beta:")[0].splitlines()) + "\n")
+    project.stack_file = other / "s.yaml"
+    project.doit()
+    assert (other / "build" / "src" / "alpha" / "bin" / "alpha").exists()
+    assert (other / "st" / "usr/local/bin/alpha").exists()
+    assert (other / "s.lock").exists()

@@ -337,3 +337,17 @@ def test_not_root_only_the_merge_and_uninstall_go_through_sudo(unprivileged):
     assert len(calls) == 2 and all("-m tasks.journal apply" in c for c in calls)
     assert not installed.exists()
     assert real.exists() == was_there
+
+
+def test_deleted_installed_file_reinstalls_only_that(ab):
+    ab.doit()
+    ab.staged("/usr/local/share/beta/beta.txt").unlink()
+    res = ab.doit()
+    assert res.ran == ["install:beta"]
+
+
+def test_reinstall_with_same_content_does_not_rebuild_dependents(ab):
+    ab.doit()
+    ab.staged("/usr/local/bin/alpha").unlink()
+    res = ab.doit()
+    assert res.ran == ["install:alpha"]

@@ -8,7 +8,7 @@ import re
 
 import pytest
 from conftest import commit_all, git, write
-from test_graph import _snapshot
+from test_commands import snapshot as _snapshot
 
 
 def _status(ab, may: set | None = None):

@@ -1,5 +1,6 @@
-"""The shared build cache (settings.cache), end to end: real git, real make,
-real doit, and a real registry (Debian's docker-registry, tests/registry.py).
+"""The shared build cache (settings.cache; tasks/host/cache/buildcache.py), end
+to end: real git, real make, real doit, and a real registry (Debian's
+docker-registry, tests/registry.py).
 
 Two or more "machines" share the fixture upstreams: each has its own
 workdir and destdir (another tmp subfolder), so nothing but the registry
