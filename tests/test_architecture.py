@@ -207,8 +207,8 @@ def test_one_check_class():
 
 # Test files that check a property of the whole tool through doit, rather
 # than one module or step.
-SUITES = {"architecture", "commands", "escape", "faults", "hostile", "predict", "progress",
-          "stack_cache", "trust"}
+SUITES = {"architecture", "commands", "entry", "escape", "faults", "hostile", "predict",
+          "progress", "stack_cache", "trust"}
 
 
 def test_the_tests_mirror_the_rooms():
