@@ -5,111 +5,114 @@
     doit list             every task;  doit info TASK: why it would run
     doit update[:NAME]    re-resolve tags and branches into stack.lock
     doit reset:NAME       stash local edits in a checkout
+
+The task kinds, in doit's order.  tasks/loader.py (doit's loader for this
+tool, named in pyproject.toml; ./stack.sh and ``python -m tasks`` use it
+from any folder) calls each with the run's Workspace ``ws``: the validated
+stack, and the run (``ws.run``: the command, its variables, read-only or not).
 """
 
-from pathlib import Path
-
-from doit import get_var
-
-from tasks import loader
 from tasks.steps import build, check, configs, fetch, image, install, patch, pod
 
-WS = loader.workspace(get_var("stack"), Path(__file__).parent)
 
-
-def task_fetch():
+def task_fetch(ws):
     """Fetch refs into <workdir>/src/NAME; reruns when git, ref, depth or the lock change."""
-    yield from fetch.tasks(WS)
+    yield from fetch.tasks(ws)
 
 
-def task_patch():
+def task_patch(ws):
     """Check out the pinned commit + patches; reruns when the base or a patch changes."""
-    yield from patch.tasks(WS)
+    yield from patch.tasks(ws)
 
 
-def task_build():
+def task_build(ws):
     """Build from the checkout; reruns on edits, new commands or env, a changed need."""
-    yield from build.build_tasks(WS)
+    yield from build.build_tasks(ws)
 
 
-def task_install():
+def task_install(ws):
     """Install (destdir or live); reruns when artifacts, commands or paths change."""
-    yield from install.install_tasks(WS)
+    yield from install.install_tasks(ws)
 
 
-def task_uninstall():
+def task_uninstall(ws):
     """Remove what installs wrote (uninstall:NAME[/PART]; no name: every component)."""
     from tasks.steps import uninstall
 
-    yield from uninstall.tasks(WS)
+    yield from uninstall.tasks(ws)
 
 
-def task_update():
+def task_update(ws):
     """Re-resolve refs upstream and record the commits in stack.lock."""
-    yield from fetch.update_tasks(WS)
+    yield from fetch.update_tasks(ws)
 
 
-def task_reset():
+def task_reset(ws):
     """Stash a checkout's local edits so its pin or patches can be applied."""
-    yield from fetch.reset_tasks(WS)
+    yield from fetch.reset_tasks(ws)
 
 
-def task_check():
+def task_check(ws):
     """Check the tools, libraries and devices the stack needs; say how to install them."""
-    return check.task(WS)
+    return check.task(ws)
 
 
-def task_image():
+def task_image(ws):
     """Build the guest image with mbuto (kernel and initrd for Kata)."""
-    yield from image.tasks(WS)
+    yield from image.tasks(ws)
 
 
-def task_image_boot():
+def task_image_boot(ws):
     """Boot the guest image under QEMU with a stand-in agent (not part of plain doit)."""
-    yield from image.boot_tasks(WS, accel=get_var("accel"), timeout=get_var("timeout"))
+    yield from image.boot_tasks(ws, accel=ws.run.var("accel"), timeout=ws.run.var("timeout"))
 
 
-def task_config():
+def task_config(ws):
     """Write the host's configuration files (doit config:NAME force=1 overwrites hand edits)."""
-    yield from configs.tasks(WS, force=get_var("force"))
+    yield from configs.tasks(ws, force=ws.run.var("force"))
 
 
-def task_run_pod():
+def task_run_pod(ws):
     """Run the example pod with crictl (starts CRI-O if it does not answer)."""
-    return pod.run_task(WS)
+    return pod.run_task(ws)
 
 
-def task_stop_pod():
+def task_stop_pod(ws):
     """Remove the example pod; stop CRI-O if run_pod started it."""
-    return pod.stop_task(WS)
+    return pod.stop_task(ws)
 
 
-def task_status():
+def task_status(ws):
     """Per component: ref, commit, patches, edits, built, installed; what plain doit would run."""
     from tasks.steps import status
 
-    return status.task(WS)
+    return status.task(ws)
 
 
-def task_graph():
+def task_graph(ws):
     """Write the task graph (graph.dot, .mmd, .svg) under the workdir, stale tasks filled."""
     from tasks.steps import graph
 
-    return graph.task(WS)
+    return graph.task(ws)
 
 
-def task_show():
+def task_show(ws):
     """show:NAME: print a component as resolved (commit, patches, commands expanded, paths)."""
     from tasks.steps import show
 
-    yield from show.tasks(WS)
+    yield from show.tasks(ws)
 
 
-def task_try():
+def task_try(ws):
     """try:NAME ref=REF: try the patch series on another version, in a scratch clone."""
     from tasks.steps import trial
 
-    yield from trial.tasks(WS, get_var("ref"))
+    yield from trial.tasks(ws, ws.run.var("ref"))
 
 
-DOIT_CONFIG = loader.doit_config(WS, globals())
+# doit's own loader imported this file (doit -f PATH/dodo.py, run from a folder
+# without this tool's pyproject.toml): hand the command line to ours.
+if __name__ != "kps_dodo":
+    from tasks.loader import hand_over
+
+    hand_over()

@@ -36,9 +36,6 @@ if [ ! -x "$venv/bin/doit" ] || [ "$here/pyproject.toml" -nt "$venv/.kps-install
     "$venv/bin/pip" install -q --disable-pip-version-check -e "$here"
     touch "$venv/.kps-installed"
 fi
-# doit's dumpdb never loads dodo.py, so it cannot be refused from there.
-for arg in "$@"; do
-    case "$arg" in *=*|-*) continue ;; dumpdb) exec "$venv/bin/python" -m tasks.loader "$@" ;; esac
-    break  # the first word that is not a variable or an option names the command
-done
-exec "$venv/bin/doit" -f "$here/dodo.py" "$@"
+# doit with this tool's loader, commands and backends (pyproject.toml's
+# [tool.doit], read by tasks/loader.py), whatever folder this runs from.
+exec "$venv/bin/python" -m tasks "$@"

@@ -59,8 +59,11 @@ class Harness:
 
     def doit(self, project: Path, *args: str, expect: int | None = 0,
              python: list[str] | None = None, dodo: Path = DODO) -> Run:
-        cmd = [*(python or [sys.executable]), "-m", "doit", "-f", str(dodo),
-               f"stack={project / 'stack.yaml'}", *args]
+        """The tool on ``project``: this tree's through its entry point, as
+        ./stack.sh runs it (``python -m tasks``); another tree's (``dodo``)
+        through plain doit, which imports that tree's own tasks."""
+        tool = ["-m", "tasks"] if dodo == DODO else ["-m", "doit", "-f", str(dodo)]
+        cmd = [*(python or [sys.executable]), *tool, f"stack={project / 'stack.yaml'}", *args]
         start = time.perf_counter()
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=project, env=self.env,
                                 errors="replace")

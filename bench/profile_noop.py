@@ -17,19 +17,13 @@ from fixtures import Upstreams, write_stack
 from harness import DODO, FLOOR_IMPORT, Harness, checkouts
 
 
-def tasks_import() -> str:
-    """dodo.py's own ``from tasks import ...`` line."""
-    m = re.search(r"^from tasks import [^\n]+$", DODO.read_text(), re.M)
-    return m.group(0) if m else "from tasks import loader"
-
-
 def steps(h: Harness, project: Path, reps: int) -> list[str]:
     """Wall time of the pieces of a no-op, each run on its own, interleaved."""
     py = [sys.executable]
-    dodo = [*py, "-m", "doit", "-f", str(DODO), f"stack={project / 'stack.yaml'}"]
+    dodo = [*py, "-m", "tasks", f"stack={project / 'stack.yaml'}"]
     load = (f"import sys; sys.path.insert(0, {str(DODO.parent)!r}); import doit.cmd_run; "
-            f"{tasks_import()}; "
-            f"loader.workspace({str(project / 'stack.yaml')!r}, {str(DODO.parent)!r})")
+            "from tasks import loader, stackcache; "
+            f"stackcache.load({str(project / 'stack.yaml')!r}, {str(DODO.parent)!r})")
     cos = checkouts(project)
     status = ["status", "--porcelain=v2", "-z", "--branch", "--untracked-files=all"]
 

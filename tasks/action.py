@@ -16,12 +16,10 @@ Task ids (``build:cri-o``, ``install:kata-containers/agent``) are made by
 
 from __future__ import annotations
 
-import atexit
 import errno
 import io
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +28,7 @@ from pathlib import Path
 from doit.action import BaseAction
 from doit.exceptions import TaskFailed
 
-from . import run
+from . import run, session
 from .errors import StackError
 from .workspace import Workspace
 
@@ -64,18 +62,21 @@ class _Quiet(BaseAction):
     swap the process-wide ``sys.stdout``/``sys.stderr`` (parallel threads
     doing that race, and leave one thread's stream in place for all): what
     they say goes through ``run.output_to`` into the action's own ``err``,
-    and to the stream doit gives it."""
+    and to the stream doit gives it.  Each works for the run it was made in
+    (``session.current()`` while the loader makes the tasks), also in the
+    thread doit runs it in."""
 
-    def __init__(self):
+    def __init__(self, owner: session.Run | None = None):
         self.task = None
         self.out = self.err = self.result = None
         self.values: dict = {}
+        self.owner = owner if owner is not None else session.current()
 
     def _said(self, fn, err):
         """``fn()``'s result, with what it said kept as this action's err."""
         captured = io.StringIO()
         try:
-            with run.output_to(captured, err):
+            with session.using(self.owner), run.output_to(captured, err):
                 return fn()
         finally:
             self.out, self.err = "", captured.getvalue()
@@ -86,15 +87,15 @@ class StepAction(_Quiet):
     the stamp written (see the module docstring)."""
 
     def __init__(self, ws: Workspace, tid: str, work: Callable[[], dict | Done | None]):
-        super().__init__()
+        super().__init__(ws.run)
         self.ws, self.tid, self.work = ws, tid, work
 
     def execute(self, out=None, err=None):
         started = time.monotonic()
         failed = self._said(self._run, err)
         cached = failed is None and bool(self.ws.stamps.produced(self.tid, "from_cache"))
-        _ran(self.tid, time.monotonic() - started, failed is None, self.ws.log(self.tid),
-             "ok (from cache)" if cached else "ok")
+        self.ws.run.ran(self.tid, time.monotonic() - started, failed is None,
+                        self.ws.log(self.tid), "ok (from cache)" if cached else "ok")
         return failed
 
     def _run(self):
@@ -185,18 +186,9 @@ class Report(_Quiet):
 
 
 # --------------------------------------------------------------------------
-# The run summary: every step that ran, how long it took and how it ended,
-# printed on stderr when the process ends (stdout may be --reporter json).
-
-_summary: list[tuple[str, float, bool, Path]] = []
-_summary_lock = threading.Lock()
-
-
-def _ran(tid: str, seconds: float, ok: bool, log: Path, result: str = "ok") -> None:
-    with _summary_lock:
-        if not _summary:
-            atexit.register(print_summary)
-        _summary.append((tid, seconds, ok, log, result))
+# The run summary: every step that ran (``session.Run.summary``), how long it
+# took and how it ended, printed on stderr when the run ends (stdout may be
+# --reporter json).
 
 
 def summary_lines(rows) -> list[str]:
@@ -217,9 +209,9 @@ def summary_lines(rows) -> list[str]:
     return lines
 
 
-def print_summary() -> None:
-    with _summary_lock:
-        rows = list(_summary)
+def print_summary(owner: session.Run) -> None:
+    with owner.lock:
+        rows = list(owner.summary)
     lines = summary_lines(rows)
     if lines:
         try:

@@ -5,7 +5,7 @@ its dependencies ran; ``doit list --status`` and ``doit info`` ask before,
 and so saw ``build:beta`` as up to date after alpha's ref changed, although
 the run rebuilds it once alpha is reinstalled.  In read-only runs (list,
 info, help, and the ``status``, ``graph`` and ``show`` tasks) the loader
-installs ``predict`` as every check's first step (``state.predict_with``).
+asks the run's ``Planner`` (``planner(run)``) in place of every check.
 
 A verdict has three values.  A task **will run** when its own check says
 so for a reason no dependency's run can undo (a key that changed, an
@@ -96,9 +96,11 @@ UP_TO_DATE = Verdict(False, "up to date")
 
 
 class Planner:
-    """Verdicts of every check, memoised for one read-only run."""
+    """Verdicts of every check of one read-only run (``checks``: task id ->
+    its check, as the run made them), memoised."""
 
-    def __init__(self):
+    def __init__(self, checks: dict[str, state.Check]):
+        self.checks = checks
         self.verdicts: dict[str, Verdict] = {}
         self.restores: set[str] = set()  # will run only because an output is missing
         self.decided_by: dict[str, str] = {}  # a task that may run -> the dependency
@@ -112,14 +114,14 @@ class Planner:
         """Will ``tid`` run, may it, or is it up to date; and why."""
         if tid in self.verdicts:
             return self.verdicts[tid]
-        check = state.CHECKS.get(tid)
+        check = self.checks.get(tid)
         if check is None:  # a task without a check always runs
             self.verdicts[tid] = Verdict(True, "it has no up-to-date check: it always runs")
             return self.verdicts[tid]
         self.verdicts[tid] = UP_TO_DATE  # (no cycles; be safe)
-        running = [d for d in deps(tid) if d in state.CHECKS and follows(d, tid)
+        running = [d for d in deps(self.checks, tid) if d in self.checks and follows(d, tid)
                    and self.verdict(d).runs]
-        ok = state.own_verdict(check, check.task)
+        ok = check(check.task)  # its own answer, from its key and stamp
         if ok:
             # only a dependency that may make something new can change it
             feeding = [d for d in running if d not in self.restores]
@@ -157,7 +159,7 @@ class Planner:
 
     def _may(self, tid: str, dep: str) -> Verdict:
         self.decided_by[tid] = dep
-        cond = condition(dep, tid)
+        cond = condition(self.checks, dep, tid)
         return Verdict(True, f"may run: {cond} ({self.root(dep)})", cond)
 
     def root(self, tid: str) -> str:
@@ -170,13 +172,13 @@ class Planner:
         return self.verdict(tid).why
 
 
-def condition(dep: str, tid: str) -> str:
+def condition(checks: dict[str, state.Check], dep: str, tid: str) -> str:
     """What decides whether ``tid`` runs once ``dep`` ran, in plain words."""
     k = kind(dep)
     if k == "fetch":
-        fetch = state.CHECKS.get(dep)
+        fetch = checks.get(dep)
         ref = fetch.compared[1].get("ref") if fetch is not None and fetch.compared else None
-        check = state.CHECKS.get(tid)
+        check = checks.get(tid)
         stamp = check.stamps.read(tid) if check is not None else None
         base = (stamp or {}).get("key", {}).get("base")
         if ref and isinstance(base, str):
@@ -187,7 +189,7 @@ def condition(dep: str, tid: str) -> str:
     if k == "patch":
         return f"if {dep} gives a different tree"
     if k == "build":
-        part = getattr(state.CHECKS.get(tid), "part", None)
+        part = getattr(checks.get(tid), "part", None)
         if part is not None and not getattr(part, "artifacts", True):
             return f"if {dep} ran on other content"
         return f"if {dep}'s artifacts come out different"
@@ -198,28 +200,38 @@ def condition(dep: str, tid: str) -> str:
     return f"if {dep} changes what it writes"
 
 
-def deps(tid: str) -> list[str]:
-    check = state.CHECKS.get(tid)
+def deps(checks: dict[str, state.Check], tid: str) -> list[str]:
+    check = checks.get(tid)
     task = check.task if check is not None else None
     return list(task.task_dep) if task is not None else []
 
 
-_planner: Planner | None = None
+def planner(run) -> Planner:
+    """The planner of ``run`` (a ``session.Run``), made on first use."""
+    with run.lock:
+        if run.planner is None:
+            run.planner = Planner(run.checks)
+        return run.planner
 
 
-def planner() -> Planner:
-    global _planner
-    if _planner is None:
-        _planner = Planner()
-    return _planner
+class Predicted:
+    """What a read-only run asks in place of a check (the loader puts it in
+    the task's ``uptodate``): the planner's verdict, which follows what a
+    dependency that runs first may change.  doit prints it (``doit info``)
+    as the check, with the planner's reason."""
+
+    def __init__(self, check: state.Check, planner: Planner):
+        self.check = check
+        self.planner = planner
+
+    def __call__(self, task=None, values=None) -> bool:
+        return self.planner(self.check)
+
+    def __repr__(self) -> str:
+        return repr(self.check)
 
 
-def predict(check: state.Check) -> bool:
-    """The predictor read-only runs install (``state.predict_with``)."""
-    return planner()(check)
-
-
-def order(groups) -> list[str]:
+def order(checks: dict[str, state.Check], groups) -> list[str]:
     """The tasks a doit run of ``groups`` (default: plain doit) visits, in
     doit's order: each group's tasks as they were made, dependencies first."""
     out: list[str] = []
@@ -229,28 +241,27 @@ def order(groups) -> list[str]:
         if tid in seen:
             return
         seen.add(tid)
-        for dep in deps(tid):
+        for dep in deps(checks, tid):
             visit(dep)
         out.append(tid)
 
     for group in groups:
-        for tid in list(state.CHECKS):
+        for tid in list(checks):
             if tid == group or tid.startswith(group + ":"):
                 visit(tid)
     return out
 
 
-def default_groups(defaults) -> list[str]:
+def default_groups(checks: dict[str, state.Check], defaults) -> list[str]:
     """Of the groups a plain doit runs (``loader.DEFAULT_TASKS``), those
     this stack has."""
-    return [g for g in defaults if any(t == g or t.startswith(g + ":") for t in state.CHECKS)]
+    return [g for g in defaults if any(t == g or t.startswith(g + ":") for t in checks)]
 
 
-def would_run(groups) -> list[tuple[str, Verdict]]:
+def would_run(p: Planner, groups) -> list[tuple[str, Verdict]]:
     """(task, verdict) of each task a doit run of ``groups`` will or may
     run, in order."""
-    p = planner()
-    return [(tid, p.verdict(tid)) for tid in order(groups) if p.verdict(tid).runs]
+    return [(tid, p.verdict(tid)) for tid in order(p.checks, groups) if p.verdict(tid).runs]
 
 
 # --------------------------------------------------------------------------

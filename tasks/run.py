@@ -21,6 +21,7 @@ log files and their rotation, reading a log's tail, and stopping a process
 
 from __future__ import annotations
 
+import contextvars
 import os
 import re
 import shlex
@@ -36,20 +37,21 @@ from pathlib import Path
 
 import sh
 
+from . import session
 from .errors import CommandFailed, StackError
 
 TAIL_LINES = 25
-_print_lock = threading.Lock()
-_running: dict[int, object] = {}
-_running_lock = threading.Lock()
-_registry: Path | None = None  # where running commands are recorded (see reap)
+# One writer at a time on this process's stderr, whichever run it is for.
+_PRINT_LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------
 # Saying things, and logs
 
 
-_output = threading.local()  # where say() writes in this thread (see output_to)
+# Where say() writes in this thread (see output_to): (capture, realtime).
+_STREAMS: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("kps_streams",
+                                                                         default=None)
 
 
 @contextmanager
@@ -59,21 +61,22 @@ def output_to(capture, realtime=None):
     shows now), never through the process-wide ``sys.stderr``: doit's
     parallel threads would otherwise see each other's output, and its JSON
     reporter would lose it all."""
-    previous = getattr(_output, "streams", None)
-    _output.streams = (capture, realtime)
+    token = _STREAMS.set((capture, realtime))
     try:
         yield
     finally:
-        _output.streams = previous
+        _STREAMS.reset(token)
 
 
 def say(message: str) -> None:
     """Tell the user what is happening: whole lines, never interleaved with
     another thread's (stderr, so doit shows it)."""
-    streams = getattr(_output, "streams", None)
+    streams = _STREAMS.get()
+    progress = _progress(create=False)
     text = message + "\n"
-    with _print_lock:
-        _erase_live()
+    with _PRINT_LOCK:
+        if progress is not None:
+            progress.erase()
         try:
             if streams is None:
                 sys.stderr.write(text)
@@ -85,15 +88,15 @@ def say(message: str) -> None:
                 realtime.write(text)
                 realtime.flush()
         finally:
-            _draw_live()
+            if progress is not None:
+                progress.draw()
 
 
 def shown_path(path: Path) -> str:
-    """A path as the user would type it from here: relative when inside."""
+    """A path as the user would type it from here (the folder doit was
+    started in): relative when inside."""
     try:
-        from doit import get_initial_workdir  # doit runs in dodo.py's folder
-
-        rel = os.path.relpath(path, get_initial_workdir() or os.getcwd())
+        rel = os.path.relpath(path, os.getcwd())
     except ValueError:
         return str(path)
     return rel if not rel.startswith("..") else str(path)
@@ -127,12 +130,6 @@ class _Live:
     started: float
     notes: int = 0
     read: int = 0  # stream mode: how far the log was shown
-
-
-_live: dict[int, _Live] = {}
-_drawn = 0  # live lines on the terminal now (under _print_lock)
-_ticker: threading.Thread | None = None
-_wake = threading.Event()
 
 
 def progress_mode() -> str:
@@ -170,50 +167,115 @@ def check_progress_interval() -> None:
     _interval()
 
 
-def _erase_live() -> None:
-    global _drawn
-    if _drawn:
-        sys.stderr.write(f"\x1b[{_drawn}A\x1b[J")
-        _drawn = 0
+class Progress:
+    """The progress display of one run (``session.Run.feature``): the
+    commands running now, the live lines drawn for them, and the thread that
+    redraws them or writes the notes; stopped when the run ends."""
+
+    def __init__(self):
+        self.live: dict[int, _Live] = {}
+        self.drawn = 0  # live lines on the terminal now (under _PRINT_LOCK)
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.ticker: threading.Thread | None = None
+        self.stopped = False
+
+    def erase(self) -> None:
+        """Take the live lines off the terminal (under _PRINT_LOCK)."""
+        if self.drawn:
+            sys.stderr.write(f"\x1b[{self.drawn}A\x1b[J")
+            self.drawn = 0
+
+    def draw(self) -> None:
+        """Draw a live line per running command (under _PRINT_LOCK)."""
+        if self.drawn or not self.live or self.stopped or progress_mode() != "live":
+            return
+        import shutil
+
+        width = max(20, shutil.get_terminal_size((80, 24)).columns - 1)
+        now = time.monotonic()
+        lines = []
+        for item in list(self.live.values()):
+            elapsed = int(now - item.started)
+            last = tail(item.log, item.offset, lines=1).strip().replace("\t", " ")
+            line = (f"  [{elapsed // 60}:{elapsed % 60:02d}] {item.task}"
+                    + (f"  {last}" if last else ""))
+            lines.append(line[:width])
+        sys.stderr.write("".join(f"\x1b[2m{line}\x1b[0m\n" for line in lines))
+        sys.stderr.flush()
+        self.drawn = len(lines)
+
+    def watch(self, key: int, item: _Live) -> None:
+        with self.lock:
+            self.live[key] = item
+            if self.ticker is None and not self.stopped and progress_mode() != "off":
+                self.ticker = threading.Thread(target=session.carried(self._tick),
+                                               name="kps-progress", daemon=True)
+                self.ticker.start()
+        self.wake.set()
+
+    def unwatch(self, key: int) -> None:
+        with self.lock:
+            item = self.live.pop(key, None)
+        if item is not None and progress_mode() == "stream":
+            _stream(item)
+        with _PRINT_LOCK:
+            self.erase()
+            self.draw()
+
+    def _tick(self) -> None:
+        while not self.stopped:
+            mode = progress_mode()
+            self.wake.wait({"live": 1.0, "stream": 0.2}.get(mode, min(_interval(), 5.0)))
+            self.wake.clear()
+            if self.stopped:
+                return
+            with self.lock:
+                items = list(self.live.values())
+            if mode == "live":
+                with _PRINT_LOCK:
+                    self.erase()
+                    self.draw()
+            elif mode == "stream":
+                for item in items:
+                    _stream(item)
+            elif mode == "notes":
+                every = _interval()
+                for item in items:
+                    elapsed = time.monotonic() - item.started
+                    if int(elapsed // every) > item.notes:
+                        item.notes = int(elapsed // every)
+                        took = f"{int(elapsed // 60)} min" if elapsed >= 60 \
+                            else f"{int(elapsed)} s"
+                        say(f"still running: {item.task} ({took}, log: {shown_path(item.log)})")
+
+    def close(self) -> None:
+        """Stop the thread and take the live lines off (the run ends)."""
+        with self.lock:
+            self.stopped = True
+            ticker = self.ticker
+        self.wake.set()
+        if ticker is not None:
+            ticker.join(timeout=10)
+        with _PRINT_LOCK:
+            self.erase()
 
 
-def _draw_live() -> None:
-    global _drawn
-    if _drawn or not _live or progress_mode() != "live":
-        return
-    import shutil
+def _progress(create: bool) -> Progress | None:
+    """The current run's progress display (made on first use when
+    ``create``); None outside a run."""
+    run = session.current()
+    if run is None:
+        return None
+    if not create:
+        return run.feature("progress")
 
-    width = max(20, shutil.get_terminal_size((80, 24)).columns - 1)
-    now = time.monotonic()
-    lines = []
-    for item in list(_live.values()):
-        elapsed = int(now - item.started)
-        last = tail(item.log, item.offset, lines=1).strip().replace("\t", " ")
-        line = f"  [{elapsed // 60}:{elapsed % 60:02d}] {item.task}" + (f"  {last}" if last else "")
-        lines.append(line[:width])
-    sys.stderr.write("".join(f"\x1b[2m{line}\x1b[0m\n" for line in lines))
-    sys.stderr.flush()
-    _drawn = len(lines)
+    def make() -> Progress:
+        progress = Progress()
+        run.on_close(progress.close)
+        return progress
 
-
-def _watch(key: int, item: _Live) -> None:
-    global _ticker
-    with _running_lock:
-        _live[key] = item
-        if _ticker is None and progress_mode() != "off":
-            _ticker = threading.Thread(target=_tick, name="kps-progress", daemon=True)
-            _ticker.start()
-    _wake.set()
-
-
-def _unwatch(key: int) -> None:
-    with _running_lock:
-        item = _live.pop(key, None)
-    if item is not None and progress_mode() == "stream":
-        _stream(item)
-    with _print_lock:
-        _erase_live()
-        _draw_live()
+    return run.feature("progress", make)
 
 
 def _stream(item: _Live) -> None:
@@ -226,30 +288,6 @@ def _stream(item: _Live) -> None:
         item.read = max(item.offset, item.read) + cut
         for line in data[:cut].decode("utf-8", "replace").splitlines():
             say(f"  {item.task}| {line}")
-
-
-def _tick() -> None:
-    while True:
-        mode = progress_mode()
-        _wake.wait({"live": 1.0, "stream": 0.2}.get(mode, min(_interval(), 5.0)))
-        _wake.clear()
-        with _running_lock:
-            items = list(_live.values())
-        if mode == "live":
-            with _print_lock:
-                _erase_live()
-                _draw_live()
-        elif mode == "stream":
-            for item in items:
-                _stream(item)
-        elif mode == "notes":
-            every = _interval()
-            for item in items:
-                elapsed = time.monotonic() - item.started
-                if int(elapsed // every) > item.notes:
-                    item.notes = int(elapsed // every)
-                    took = f"{int(elapsed // 60)} min" if elapsed >= 60 else f"{int(elapsed)} s"
-                    say(f"still running: {item.task} ({took}, log: {shown_path(item.log)})")
 
 
 def rotate(log: Path) -> None:
@@ -390,13 +428,12 @@ def capture(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | N
 # Commands the user sees
 
 
-def record_commands_in(folder: Path) -> None:
-    """Record every command started from now on in ``folder`` (one file per
-    process group, removed when it ends), so that the next run can stop the
-    commands a killed run left behind."""
-    global _registry
+def record_commands_in(run: session.Run, folder: Path) -> None:
+    """Record every command ``run`` starts from now on in ``folder`` (one
+    file per process group, removed when it ends), so that the next run can
+    stop the commands a killed run left behind."""
     folder.mkdir(parents=True, exist_ok=True)
-    _registry = folder
+    run.registry = folder
 
 
 def run(command: str, *, cwd: Path, log: Path, env: dict[str, str] | None = None,
@@ -417,21 +454,28 @@ def run(command: str, *, cwd: Path, log: Path, env: dict[str, str] | None = None
             proc = sh.Command(argv[0])(
                 *argv[1:], _cwd=str(cwd), _env=command_env(env), _out=out, _err_to_out=True,
                 _in=devnull, _new_session=True, _bg=True, _bg_exc=False)
-            with _running_lock:
-                _running[id(proc)] = proc
-            _watch(id(proc), _Live(label.rstrip(": ") or shown, log, offset, time.monotonic()))
-            entry = _record(proc.pid, shown)
+            current = session.current()
+            progress = _progress(create=True)
+            if current is not None:
+                with current.lock:
+                    current.processes[id(proc)] = proc
+            if progress is not None:
+                progress.watch(id(proc), _Live(label.rstrip(": ") or shown, log, offset,
+                                               time.monotonic()))
+            entry = _record(current, proc.pid, shown)
             try:
                 proc.wait()
             except BaseException as err:
                 if isinstance(err, sh.ErrorReturnCode):
                     raise
-                _stop_group(proc.pid)
+                stop_group(proc.pid)
                 raise
             finally:
-                with _running_lock:
-                    _running.pop(id(proc), None)
-                _unwatch(id(proc))
+                if current is not None:
+                    with current.lock:
+                        current.processes.pop(id(proc), None)
+                if progress is not None:
+                    progress.unwatch(id(proc))
                 if entry is not None:
                     entry.unlink(missing_ok=True)
         except sh.ErrorReturnCode as err:
@@ -442,10 +486,10 @@ def run(command: str, *, cwd: Path, log: Path, env: dict[str, str] | None = None
             raise CommandFailed(shown, -err.exit_code, tail(log, offset), str(log)) from None
 
 
-def _record(pid: int, command: str) -> Path | None:
-    if _registry is None:
+def _record(current: session.Run | None, pid: int, command: str) -> Path | None:
+    if current is None or current.registry is None:
         return None
-    entry = _registry / f"{pid}.pgid"
+    entry = current.registry / f"{pid}.pgid"
     try:
         entry.write_text(f"{pid}\n{start_ticks(pid)}\n{command}")
     except OSError:
@@ -457,7 +501,7 @@ def start(argv: list[str], *, log: Path, sudo: bool = False,
           label: str = "") -> subprocess.Popen:
     """Start a long-running program (crio) in the background, in its own
     session so it outlives this process and a Ctrl-C does not reach it; its
-    output appended to ``log``.  Not stopped by ``stop_all()``: the caller
+    output appended to ``log``.  Not stopped when the run ends: the caller
     records the pid and stops it when asked."""
     log.parent.mkdir(parents=True, exist_ok=True)
     argv = as_root(argv, sudo)
@@ -565,16 +609,9 @@ def _group_members(pgid: int):
             yield (fields[0], fields[19] if len(fields) > 19 else "")
 
 
-def _stop_group(pgid: int, grace: float = 5) -> bool:
+def stop_group(pgid: int, grace: float = 5) -> bool:
+    """Stop process group ``pgid`` (a command and everything it started)."""
     return stop(lambda sig: _killpg(pgid, sig), lambda: not group_alive(pgid), grace)
-
-
-def stop_all() -> None:
-    """Stop every command still running (at exit, after an interrupt)."""
-    with _running_lock:
-        procs = list(_running.values())
-    for proc in procs:
-        _stop_group(proc.pid)
 
 
 def reap(folder: Path) -> list[str]:
@@ -588,7 +625,7 @@ def reap(folder: Path) -> list[str]:
             entry.unlink(missing_ok=True)
             continue
         if start_ticks(pid) == ticks:
-            _stop_group(pid, grace=3)
+            stop_group(pid, grace=3)
             stopped.append(command)
         entry.unlink(missing_ok=True)
     return stopped

@@ -24,30 +24,39 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import session
 from .errors import StackError
 
 _HASH_CHUNK = 1 << 20
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once: os.umask() can only be read by setting it
-_read_only = False
-
-
-def set_read_only() -> None:
-    """For doit's read-only commands (list, info, help): from now on the
-    caches are not written, and any other write is a bug that fails loudly."""
-    global _read_only
-    _read_only = True
 
 
 def read_only() -> bool:
-    return _read_only
+    """Whether the current run only reads (doit list, info, help, status...):
+    the caches are not written, and any other write is a bug that fails
+    loudly (``session.Run.read_only``)."""
+    return session.read_only()
+
+
+def umask() -> int:
+    """This process's umask, read without changing it (os.umask() can only
+    be read by setting it, which would race with another thread's files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int | None = None,
                  owner: tuple[int, int] | None = None) -> None:
     """Write ``path`` so that a reader sees the old or the new content, never
     half of it, even if this process is killed."""
-    if _read_only:
+    if read_only():
         raise StackError(f"internal error: {path} written by a read-only command")
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(data, str):
@@ -56,7 +65,7 @@ def atomic_write(path: Path, data: bytes | str, mode: int | None = None,
         try:
             mode = stat.S_IMODE(os.stat(path).st_mode)
         except FileNotFoundError:
-            mode = 0o666 & ~_UMASK
+            mode = 0o666 & ~umask()
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".kps-tmp", dir=path.parent)
     except OSError as err:  # name the file the user knows, not our temporary one
@@ -191,30 +200,6 @@ def _short(v) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-# Every check made, by task id (in the order the tasks were made), and the
-# predictor that read-only runs (doit list --status, info, status) consult
-# first: there a task whose dependency will run is stale too (tasks/plan.py).
-CHECKS: dict[str, Check] = {}
-_predictor = None
-_own = threading.local()
-
-
-def predict_with(predictor) -> None:
-    """``predictor(check)`` -> bool answers for every check from now on
-    (``own_verdict`` gives it the check's own answer)."""
-    global _predictor
-    _predictor = predictor
-
-
-def own_verdict(check: Check, task=None) -> bool:
-    """The check's answer from its own key and stamp alone."""
-    _own.inside = True
-    try:
-        return check(task)
-    finally:
-        _own.inside = False
-
-
 def in_words(old: dict, new: dict) -> str:
     """What differs between two keys, in plain words (six changes at most)."""
     changes = explain(old, new)
@@ -246,7 +231,9 @@ class Check:
     the same, ``changed(old, new)`` what differs in words; ``part`` is the
     part checked, if any.  ``compared`` keeps the last (stamp key, key now)
     compared, ``task`` the doit task (its ``task_dep``), for
-    ``tasks/plan.py``.
+    ``tasks/plan.py``.  The loader keeps every check of a run by task id
+    (``session.Run.checks``); a read-only run asks its planner in their
+    place (``plan.Predicted``).
     """
 
     def __init__(self, stamps: Stamps, task_id: str, key: Callable[[], dict],
@@ -262,14 +249,11 @@ class Check:
         self.reason = "not checked yet"
         self.compared: tuple[dict, dict] | None = None
         self.task = None
-        CHECKS[task_id] = self
 
     def configure_task(self, task) -> None:  # doit calls it when the task is made
         self.task = task
 
     def __call__(self, task=None, values=None) -> bool:
-        if _predictor is not None and not getattr(_own, "inside", False):
-            return _predictor(self)
         self.compared = None
         stamp = self.stamps.read(self.task_id)
         if stamp is None:
@@ -357,7 +341,7 @@ class HashCache:
         return f"f{mode}:{value}"
 
     def save(self) -> None:
-        if _read_only:
+        if read_only():
             return
         with self._lock:
             if not self._dirty or self._data is None:

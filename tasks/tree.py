@@ -17,7 +17,7 @@ import os
 import threading
 from pathlib import Path
 
-from . import git
+from . import git, session
 from .errors import StackError
 from .state import HashCache, JsonFile, read_only
 
@@ -135,7 +135,9 @@ class Prefetch:
         self._pool = ThreadPoolExecutor(max_workers=min(len(names), (os.cpu_count() or 1) + 1),
                                         thread_name_prefix="kps-scan")
         for name in names:
-            future = self._pool.submit(scan, self.checkouts[name], self.caches(name))
+            # (a new thread starts outside any run: carry the current one)
+            future = self._pool.submit(session.carried(scan), self.checkouts[name],
+                                       self.caches(name))
             self._pending[name] = (self._generation.get(name, 0), future)
         self._pool.shutdown(wait=False)
 

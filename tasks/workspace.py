@@ -1,10 +1,12 @@
 """Where things live for one stack, and the one owner of state on disk.
 
-A ``Workspace`` is made once when dodo.py loads: the validated ``Stack``
-plus the folders under the workdir (``src/``, ``logs/``, ``state/``), the
-stamps, every JSON state file (``json()``), the per-checkout hash caches and
-build-output records, and the run lock.  Creating it touches nothing on
-disk: ``doit list`` stays read-only.
+A ``Workspace`` is made by the loader for each run: the validated ``Stack``
+and the run (``session.Run``: read-only or not, the tasks asked for, what
+the run gathers), plus the folders under the workdir (``src/``, ``logs/``,
+``state/``), the stamps, every JSON state file (``json()``), the
+per-checkout hash caches and build-output records, and the run lock, held
+until the run ends.  Creating it touches nothing on disk: ``doit list``
+stays read-only.
 """
 
 from __future__ import annotations
@@ -16,19 +18,19 @@ import threading
 import time
 from pathlib import Path
 
-from . import run
+from . import run as runner
 from .errors import LockHeld, StackError
 from .lockfile import LockFile
 from .model import Component, Part, Stack
+from .session import Run
 from .state import HashCache, JsonFile, Stamps
 from .tree import Prefetch, Trees, source_state
 
 
 class Workspace:
-    def __init__(self, stack: Stack, read_only: bool = False, requested=()):
+    def __init__(self, stack: Stack, run: Run | None = None):
         self.stack = stack
-        self.read_only = read_only  # doit list / info / help: nothing is written
-        self.requested = tuple(requested)  # the tasks named on the command line
+        self.run = run if run is not None else Run()
         self.settings = stack.settings
         self.workdir = stack.settings.workdir
         self.src = self.workdir / "src"
@@ -43,6 +45,16 @@ class Workspace:
         self._outputs_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._lock_guard = threading.Lock()
+
+    @property
+    def read_only(self) -> bool:
+        """doit list / info / help, status...: nothing is written."""
+        return self.run.read_only
+
+    @property
+    def requested(self) -> tuple[str, ...]:
+        """The tasks named on the command line (none: plain doit)."""
+        return self.run.requested
 
     # -- paths ---------------------------------------------------------------
 
@@ -127,7 +139,7 @@ class Workspace:
 
     def needs_sudo(self) -> bool:
         """Writes to the target system get sudo when not root and live."""
-        return run.sudo_for(self.settings.sudo, live=not self.settings.destdir)
+        return runner.sudo_for(self.settings.sudo, live=not self.settings.destdir)
 
     # -- the run lock -------------------------------------------------------------
 
@@ -148,9 +160,9 @@ class Workspace:
                                   "you can write") from None
 
     def lock(self) -> None:
-        """Hold ``<workdir>/.lock`` for the rest of this process, or refuse at
-        once if another doit run holds it.  Taken by the first action that
-        changes anything, so ``doit list`` and ``doit info`` never wait."""
+        """Hold ``<workdir>/.lock`` until the run ends, or refuse at once if
+        another doit run holds it.  The loader takes it before any task of a
+        run that writes; ``doit list`` and ``doit info`` never wait."""
         with self._lock_guard:
             if self._lock_fd is not None:
                 return
@@ -171,9 +183,17 @@ class Workspace:
             os.ftruncate(fd, 0)
             os.write(fd, f"pid {os.getpid()}, since {time.strftime('%H:%M:%S')}".encode())
             self._lock_fd = fd
+            self.run.on_close(self.unlock)
             # Commands a killed run left behind would race with ours.
             procs = self.state / "running"
-            for command in run.reap(procs):
-                run.say(f"stopped a command left running by an interrupted run: {command}")
-            run.record_commands_in(procs)
+            for command in runner.reap(procs):
+                runner.say(f"stopped a command left running by an interrupted run: {command}")
+            runner.record_commands_in(self.run, procs)
             shutil.rmtree(self.state / "tmp", ignore_errors=True)
+
+    def unlock(self) -> None:
+        """Let go of the run lock (the run ended)."""
+        with self._lock_guard:
+            fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import write
 
-from tasks import run
+from tasks import run, session
 from tasks.errors import CommandFailed, StackError
 
 # A process group that ignores SIGTERM (the disposition is inherited by sleep;
@@ -133,14 +133,15 @@ def test_run_gives_the_command_its_own_process_group(tmp_path):
     assert pgid == sid == ppid  # the shell leads the group; its children are in it
 
 
-def test_run_records_the_running_group_and_removes_the_record(tmp_path, monkeypatch):
-    monkeypatch.setattr(run, "_registry", None)
+def test_run_records_the_running_group_and_removes_the_record(tmp_path):
     folder = tmp_path / "running"
-    run.record_commands_in(folder)
+    current = session.Run()
+    run.record_commands_in(current, folder)
     # (the record is written just after the command starts: wait for it)
     command = (f"for i in $(seq 500); do [ -e {folder}/$$.pgid ] && break; sleep 0.01; done; "
                f"cat {folder}/$$.pgid > seen; echo >> seen; echo $$ >> seen")
-    run.run(command, cwd=tmp_path, log=tmp_path / "x.log")
+    with session.using(current):
+        run.run(command, cwd=tmp_path, log=tmp_path / "x.log")
     pid, ticks, recorded, shell = (tmp_path / "seen").read_text().splitlines()
     assert pid == shell  # the group is recorded by its leader, the shell
     assert int(ticks) >= int(run.start_ticks(os.getpid()))  # it started after us
@@ -351,7 +352,7 @@ def test_stop_when_nothing_is_left_to_signal():
 def test_stop_group_kills_a_group_that_ignores_sigterm(group):
     proc = group(STUBBORN)
     assert run.group_alive(proc.pid)
-    assert run._stop_group(proc.pid, grace=0.3) is True
+    assert run.stop_group(proc.pid, grace=0.3) is True
     assert proc.wait(timeout=5) == -signal.SIGKILL
     assert not run.group_alive(proc.pid)
 
@@ -359,7 +360,7 @@ def test_stop_group_kills_a_group_that_ignores_sigterm(group):
 def test_stop_group_kills_members_that_outlive_the_leader(group):
     proc = group(["sh", "-c", "sh -c 'trap \"\" TERM; sleep 30; :' & wait"])
     assert wait_until(lambda: len(members(proc.pid)) == 3)
-    run._stop_group(proc.pid, grace=0.3)
+    run.stop_group(proc.pid, grace=0.3)
     proc.wait(timeout=5)
     assert wait_until(lambda: members(proc.pid) == [], timeout=1)
 

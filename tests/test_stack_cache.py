@@ -1,11 +1,11 @@
-"""loader.load(): full validation only when something it depends on changed."""
+"""stackcache.load(): full validation only when something it depends on changed."""
 
 from __future__ import annotations
 
 import pytest
 from conftest import write
 
-from tasks import loader, spec
+from tasks import spec, stackcache
 from tasks.errors import SpecError
 
 STACK = """\
@@ -45,8 +45,8 @@ def validations(monkeypatch):
 
 def test_second_load_uses_the_cache(files, validations):
     path, project = files
-    first = loader.load(path, project)
-    second = loader.load(path, project)
+    first = stackcache.load(path, project)
+    second = stackcache.load(path, project)
     assert len(validations) == 1
     assert second == first
     assert second.pod.pod_config == project / "pod.json"
@@ -54,9 +54,9 @@ def test_second_load_uses_the_cache(files, validations):
 
 def test_an_edit_is_validated(files, validations):
     path, project = files
-    loader.load(path, project)
+    stackcache.load(path, project)
     path.write_text(STACK.replace("ref: v1", "ref: v2"))
-    assert loader.load(path, project).components["a"].ref == "v2"
+    assert stackcache.load(path, project).components["a"].ref == "v2"
     assert len(validations) == 2
 
 
@@ -65,46 +65,48 @@ def test_an_invalid_file_is_never_cached(files, validations):
     path.write_text(STACK.replace("ref: v1", "reff: v1"))
     for _ in range(2):
         with pytest.raises(SpecError):
-            loader.load(path, project)
+            stackcache.load(path, project)
     assert len(validations) == 2
 
 
 def test_a_removed_patch_file_is_reported_again(files, validations):
     path, project = files
-    loader.load(path, project)
+    stackcache.load(path, project)
     (path.parent / "patches/a.patch").unlink()
     with pytest.raises(SpecError) as err:
-        loader.load(path, project)
+        stackcache.load(path, project)
     assert "patch file not found" in str(err.value)
 
 
 def test_a_template_appearing_beside_the_stack_file_wins(files, validations):
     path, project = files
-    assert loader.load(path, project).pod.pod_config == project / "pod.json"
+    assert stackcache.load(path, project).pod.pod_config == project / "pod.json"
     write(path.parent / "pod.json", "{}\n")
-    assert loader.load(path, project).pod.pod_config == path.parent / "pod.json"
+    assert stackcache.load(path, project).pod.pod_config == path.parent / "pod.json"
     assert len(validations) == 2
 
 
 def test_a_damaged_cache_is_a_miss(files, validations):
     path, project = files
-    loader.load(path, project)
-    cache = loader.cache_file(path, path.read_bytes())
+    stackcache.load(path, project)
+    cache = stackcache.cache_file(path, path.read_bytes())
     cache.write_bytes(b"not a pickle")
-    assert loader.load(path, project).components["a"].ref == "v1"
+    assert stackcache.load(path, project).components["a"].ref == "v1"
     assert len(validations) == 2
-    loader.load(path, project)
+    stackcache.load(path, project)
     assert len(validations) == 2  # rewritten
 
 
 def test_the_cache_lives_under_the_workdir(files, validations):
     path, project = files
-    loader.load(path, project)
-    assert loader.cache_file(path, path.read_bytes()) == path.parent / "build/state/stack.pickle"
+    stackcache.load(path, project)
+    cache = stackcache.cache_file(path, path.read_bytes())
+    assert cache == path.parent / "build/state/stack.pickle"
     assert (path.parent / "build/state/stack.pickle").is_file()
 
 
 def test_a_read_only_load_stores_nothing(files, validations):
     path, project = files
-    loader.load(path, project, store=False)
+    stackcache.load(path, project, store=False)
     assert not (path.parent / "build").exists()
+

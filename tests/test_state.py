@@ -11,7 +11,7 @@ import types
 
 import pytest
 
-from tasks import state
+from tasks import session, state
 from tasks.errors import StackError
 from tasks.state import Check, HashCache, JsonFile, Stamps, atomic_write, explain
 
@@ -72,19 +72,33 @@ def test_atomic_write_cleans_up_after_an_interrupt(tmp_path, monkeypatch):
     assert target.read_text() == "old" and leftovers(tmp_path) == []
 
 
-def test_atomic_write_refuses_after_set_read_only(tmp_path, monkeypatch):
+def test_atomic_write_refuses_in_a_read_only_run(tmp_path):
     target = tmp_path / "file"
     target.write_text("old")
-    monkeypatch.setattr(state, "_read_only", False)
-    assert state.read_only() is False
-    state.set_read_only()
-    assert state.read_only() is True
-    with pytest.raises(StackError, match="written by a read-only command"):
-        atomic_write(target, "new")
-    assert target.read_text() == "old" and leftovers(tmp_path) == []
-    with pytest.raises(StackError):
-        JsonFile(tmp_path / "state.json").write({"a": 1})
-    assert not (tmp_path / "state.json").exists()
+    assert state.read_only() is False  # outside any run
+    with session.using(session.Run("list", read_only=True)):
+        assert state.read_only() is True
+        with pytest.raises(StackError, match="written by a read-only command"):
+            atomic_write(target, "new")
+        assert target.read_text() == "old" and leftovers(tmp_path) == []
+        with pytest.raises(StackError):
+            JsonFile(tmp_path / "state.json").write({"a": 1})
+        assert not (tmp_path / "state.json").exists()
+    assert state.read_only() is False  # the run is over: nothing of it stays
+    atomic_write(target, "new")
+    assert target.read_text() == "new"
+
+
+def test_a_new_file_honours_the_umask_of_the_moment(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "a", "x")
+        os.umask(0o002)
+        atomic_write(tmp_path / "b", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o664
 
 
 def test_digest_is_stable_and_order_blind():
@@ -378,10 +392,9 @@ def test_save_does_nothing_when_read_only(tmp_path, monkeypatch):
     future(monkeypatch)
     cache = HashCache(tmp_path / "cache.json")
     cache.fingerprint(f)
-    monkeypatch.setattr(state, "_read_only", True)
-    cache.save()
+    with session.using(session.Run("list", read_only=True)):
+        cache.save()
     assert not cache.path.exists()
-    monkeypatch.setattr(state, "_read_only", False)
     cache.save()
     assert cache.path.exists()
 

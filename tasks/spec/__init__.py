@@ -31,7 +31,7 @@ from .schema import (
 
 def load_stack(path, project: Path | None = None) -> Stack:
     """Read, validate and resolve a stack file (``SpecError`` listing every
-    problem found).  The run uses ``tasks.loader.load()``, which skips all
+    problem found).  The run uses ``tasks.stackcache``, which skips all
     this while nothing changed."""
     return validate(path, project)[0]
 

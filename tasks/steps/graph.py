@@ -21,9 +21,9 @@ from ..workspace import Workspace
 STALE, MAYBE, FRESH = "#f8c471", "#fdebd0", "#d5f5e3"
 
 
-def nodes(groups) -> list[tuple[str, plan.Verdict]]:
-    p = plan.planner()
-    return [(t, p.verdict(t)) for t in plan.order(groups)]
+def nodes(ws: Workspace, groups) -> list[tuple[str, plan.Verdict]]:
+    p = plan.planner(ws.run)
+    return [(t, p.verdict(t)) for t in plan.order(p.checks, groups)]
 
 
 def _colour(v: plan.Verdict) -> str:
@@ -38,9 +38,9 @@ def _cluster(tid: str) -> str:
     return plan.subject(tid) or "stack"
 
 
-def edges(tids) -> list[tuple[str, str]]:
+def edges(ws: Workspace, tids) -> list[tuple[str, str]]:
     known = set(tids)
-    return [(d, t) for t in tids for d in plan.deps(t) if d in known]
+    return [(d, t) for t in tids for d in plan.deps(ws.run.checks, t) if d in known]
 
 
 def _q(text: str) -> str:
@@ -105,8 +105,8 @@ def _write(path: Path, data: str | bytes) -> None:
 
 
 def write(ws: Workspace) -> str:
-    items = nodes(plan.default_groups(loader.DEFAULT_TASKS))
-    links = edges([t for t, _ in items])
+    items = nodes(ws, plan.default_groups(ws.run.checks, loader.DEFAULT_TASKS))
+    links = edges(ws, [t for t, _ in items])
     text = dot(items, links)
     made = [ws.workdir / "graph.dot", ws.workdir / "graph.mmd"]
     _write(made[0], text)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from .. import plan, run, state
+from .. import plan, run
 from ..action import Report, task_id
 from ..model import Component
 from ..workspace import Workspace
@@ -20,7 +20,7 @@ def _applied(ws: Workspace, c: Component) -> list[str]:
     stamp = ws.stamps.read(task_id("patch", c.name))
     done = dict(map(tuple, (stamp or {}).get("key", {}).get("patches", [])))
     tid = task_id("patch", c.name)
-    v = plan.planner().verdict(tid) if tid in state.CHECKS else plan.UP_TO_DATE
+    v = plan.planner(ws.run).verdict(tid) if tid in ws.run.checks else plan.UP_TO_DATE
     out = []
     for p in c.patches:
         file = p.file if p.component is None else ws.checkout(p.component) / p.path
@@ -42,11 +42,11 @@ def _applied(ws: Workspace, c: Component) -> list[str]:
     return out
 
 
-def _said(tid: str) -> str:
+def _said(ws: Workspace, tid: str) -> str:
     """A task's verdict: would run (why), may run (if ...), or up to date."""
-    if tid not in state.CHECKS:
+    if tid not in ws.run.checks:
         return "would run: ?"
-    v = plan.planner().verdict(tid)
+    v = plan.planner(ws.run).verdict(tid)
     return v.why if v.may else f"would run: {v.why}" if v.runs else "up to date"
 
 
@@ -84,10 +84,10 @@ def report(ws: Workspace, name: str) -> str:
         out.append(f"    requires:   {', '.join(part.requires) or '-'}")
         for kind in ("build", "install"):
             tid = task_id(kind, part.id)
-            out.append(f"    {tid}: {_said(tid)}  (log: {run.shown_path(ws.log(tid))})")
+            out.append(f"    {tid}: {_said(ws, tid)}  (log: {run.shown_path(ws.log(tid))})")
     for kind in ("fetch", "patch"):
         tid = task_id(kind, c.name)
-        out.append(f"  {tid}: {_said(tid)}  (log: {run.shown_path(ws.log(tid))})")
+        out.append(f"  {tid}: {_said(ws, tid)}  (log: {run.shown_path(ws.log(tid))})")
     return "\n".join(out)
 
 

@@ -12,7 +12,7 @@ patch step will do about them when it runs.
 
 from __future__ import annotations
 
-from .. import git, loader, plan, state
+from .. import git, loader, plan
 from ..action import Report, task_id
 from ..errors import StackError
 from ..workspace import Workspace
@@ -22,12 +22,12 @@ def _short(commit: str | None) -> str:
     return commit[:12] if commit else "(not resolved)"
 
 
-def _verdict(tid: str) -> plan.Verdict | None:
-    return plan.planner().verdict(tid) if tid in state.CHECKS else None
+def _verdict(ws: Workspace, tid: str) -> plan.Verdict | None:
+    return plan.planner(ws.run).verdict(tid) if tid in ws.run.checks else None
 
 
-def _first(tids) -> str:
-    verdicts = [v for v in map(_verdict, tids) if v is not None]
+def _first(ws: Workspace, tids) -> str:
+    verdicts = [v for v in (_verdict(ws, t) for t in tids) if v is not None]
     for v in verdicts:
         if v.will:
             return f"stale: {v.why}"
@@ -75,7 +75,7 @@ def lines(ws: Workspace, notes: list[str] | None = None) -> list[str]:
     for c in ws.stack.components.values():
         fetch, patch = task_id("fetch", c.name), task_id("patch", c.name)
         for tid in (fetch, patch):
-            _verdict(tid)
+            _verdict(ws, tid)
         commit = ws.lockfile.commit_for(c.name, c.git, c.ref)
         if not commit:
             was = (ws.stamps.read(fetch) or {}).get("key", {}).get("commit")
@@ -84,7 +84,7 @@ def lines(ws: Workspace, notes: list[str] | None = None) -> list[str]:
             shown = _short(commit)
         npatch = len(c.patches)
         if npatch:
-            pv = _verdict(patch)
+            pv = _verdict(ws, patch)
             applied = ws.stamps.read(patch) is not None and pv is not None and not pv.will
             patches = f"{npatch} patch(es) " + ("applied" if applied else "not applied")
         else:
@@ -92,12 +92,12 @@ def lines(ws: Workspace, notes: list[str] | None = None) -> list[str]:
         parted = any(p.name for p in c.parts)
         builds = [task_id("build", p.id) for p in c.parts]
         for tid in builds:
-            _verdict(tid)
+            _verdict(ws, tid)
         edits = None
         for tid in builds:
-            check = state.CHECKS.get(tid)
+            check = ws.run.checks.get(tid)
             if check is not None and check.compared is None:
-                state.own_verdict(check, check.task)  # its key names the edits
+                check(check.task)  # its own key names the edits
             edits = plan.edits_of(check)
             if edits is not None:
                 edits = [e for e in edits if e not in ws.outputs(c.name)]
@@ -113,7 +113,7 @@ def lines(ws: Workspace, notes: list[str] | None = None) -> list[str]:
         if commits:
             nedits += f", {len(commits.lines)} local commit(s)"
             if notes is not None:
-                notes += _commits_note(c, commits, _verdict(patch))
+                notes += _commits_note(c, commits, _verdict(ws, patch))
         head = [c.name, f"{c.ref} @ {shown}", patches, nedits]
         own = [fetch, patch]
         if not parted:
@@ -123,13 +123,13 @@ def lines(ws: Workspace, notes: list[str] | None = None) -> list[str]:
             own += [b, i]
         else:
             head.append("")
-        rows.append((head, _first(own)))
+        rows.append((head, _first(ws, own)))
         if parted:
             for part in c.parts:
                 b, i = task_id("build", part.id), task_id("install", part.id)
                 rows.append(([f"  {part.id}", "", "", "",
                               f"{_done(ws, b, 'built')}, {_done(ws, i, 'installed')}"],
-                             _first([b, i])))
+                             _first(ws, [b, i])))
     widths = [max(len(r[0][n]) for r in rows) for n in range(5)] if rows else []
     out = []
     for cells, why in rows:
@@ -143,7 +143,7 @@ def report(ws: Workspace) -> str:
     out = lines(ws, notes)
     if notes:
         out += [""] + notes
-    todo = plan.would_run(default_groups())
+    todo = plan.would_run(plan.planner(ws.run), default_groups(ws))
     out.append("")
     will = sum(1 for _, v in todo if v.will)
     may = len(todo) - will
@@ -157,8 +157,8 @@ def report(ws: Workspace) -> str:
     return "\n".join(out)
 
 
-def default_groups() -> list[str]:
-    return plan.default_groups(loader.DEFAULT_TASKS)
+def default_groups(ws: Workspace) -> list[str]:
+    return plan.default_groups(ws.run.checks, loader.DEFAULT_TASKS)
 
 
 def task(ws: Workspace) -> dict:

@@ -60,14 +60,19 @@ FORMAT = 1
 _NAMES_RE = re.compile(r"\$(?:\{[#!]?(DESTDIR|SRC)\b|(DESTDIR|SRC)\b)")
 _PREFIX_RE = re.compile(r"\$(?:\{PREFIX\}|PREFIX\b)")
 
-_lock = threading.Lock()
-_state: dict = {"registry": None, "off": False, "url": None}
+class _Client:
+    """What one run keeps of the cache (``session.Run.feature``): its
+    registry client, made on first use, or that it was found unreachable."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.registry: oci.Registry | None = None
+        self.off = False
+        self.url: str | None = None
 
 
-def reset() -> None:
-    """Forget this run's registry (tests, or a new run in one process)."""
-    with _lock:
-        _state.update(registry=None, off=False, url=None)
+def _client(ws: Workspace) -> _Client:
+    return ws.run.feature("buildcache", _Client)
 
 
 def note(ws: Workspace, tid: str | None, message: str) -> None:
@@ -96,28 +101,29 @@ def registry(ws: Workspace) -> oci.Registry | None:
     cache = ws.settings.cache
     if cache is None:
         return None
-    with _lock:
-        if _state["url"] != cache.url:
-            _state.update(registry=None, off=False, url=cache.url)
-        if _state["off"]:
+    client = _client(ws)
+    with client.lock:
+        if client.url != cache.url:
+            client.registry, client.off, client.url = None, False, cache.url
+        if client.off:
             return None
-        if _state["registry"] is None:
+        if client.registry is None:
             try:
-                _state["registry"] = oci.Registry(cache.url, plain_http=cache.plain_http,
-                                                  timeout=3)
+                client.registry = oci.Registry(cache.url, plain_http=cache.plain_http, timeout=3)
             except oci.CacheError as err:
-                _state["off"] = True
+                client.off = True
                 warn(f"the build cache {cache.url} cannot be used: {err.message}; "
                      "building locally")
                 return None
-        return _state["registry"]
+        return client.registry
 
 
 def _unreachable(ws: Workspace, err: oci.CacheError, tid: str) -> None:
-    with _lock:
-        if _state["off"]:
+    client = _client(ws)
+    with client.lock:
+        if client.off:
             return
-        _state["off"] = True
+        client.off = True
     warn(f"the build cache {ws.settings.cache.url} is unreachable: {err.message}; "
          "building locally", ws, tid)
 

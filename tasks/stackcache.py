@@ -1,0 +1,117 @@
+"""The validated stack, kept between runs.
+
+Validation (``tasks/spec``) costs ~150 ms of pydantic model building, a
+quarter of a no-op, so ``validated()`` keeps the validated ``Stack`` in a
+cache under the workdir (``<workdir>/state/stack.pickle``) keyed by the
+file's bytes and the environment validation reads (HOME, CPU count), and
+uses it only while the files validation looked at (patches, pod templates)
+still exist or not as they did, and the validator's code is the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from . import state
+from .model import Stack
+
+CACHE_VERSION = 2
+
+
+def load(path, project: Path | None = None, store: bool = True) -> Stack:
+    """The validated stack at ``path`` (``SpecError`` if it is invalid),
+    kept in the cache when ``store``."""
+    stack, keep = validated(path, project)
+    if store:
+        keep()
+    return stack
+
+
+def validated(path, project: Path | None = None) -> tuple[Stack, Callable[[], None]]:
+    """The validated stack at ``path`` (``SpecError`` if it is invalid), and
+    what keeps it in the cache (nothing to do when it came from there): a
+    read-only run calls it never, another run once it holds the workdir."""
+    path = Path(path).absolute()
+    try:
+        data = path.read_bytes()
+    except OSError:
+        data = None  # let validation say what is wrong
+    cache = cache_file(path, data) if data is not None else None
+    key = _key(path, project, data) if cache else None
+    if key:
+        stack = _cached(cache, key)
+        if stack is not None:
+            return stack, _nothing
+    from . import spec  # pydantic only when something changed
+
+    stack, checked = spec.validate(path, project=project)
+
+    def keep() -> None:
+        if key and cache.parent.parent == stack.settings.workdir:
+            _store(cache, {"key": key, "stack": stack, "files": checked})
+
+    return stack, keep
+
+
+def _nothing() -> None:
+    pass
+
+
+def cache_file(path: Path, data: bytes) -> Path | None:
+    """``<workdir>/state/stack.pickle``, the workdir read from the file with
+    a plain YAML parse (the full validation is what the cache saves)."""
+    try:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        doc = yaml.load(data, Loader=loader)
+        workdir = ((doc.get("settings") or {}).get("workdir") or "build")
+        if not isinstance(workdir, str):
+            return None
+    except Exception:  # noqa: BLE001 - validation will say what is wrong
+        return None
+    folder = Path(os.path.normpath(path.parent / os.path.expanduser(workdir)))
+    return folder / "state" / "stack.pickle"
+
+
+_HERE = Path(__file__).parent
+_CODE = [*sorted((_HERE / "spec").glob("*.py")), _HERE / "model.py", _HERE / "catalog.py"]
+
+
+def _key(path: Path, project: Path | None, data: bytes) -> str:
+    code = []
+    for file in _CODE:
+        try:
+            st = os.stat(file)
+            code.append((file.name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            code.append((file.name, None, None))
+    facts = (CACHE_VERSION, str(path), str(project), os.environ.get("HOME"), os.cpu_count(),
+             sys.version_info[:2], code, hashlib.sha256(data).hexdigest())
+    return hashlib.sha256(repr(facts).encode()).hexdigest()
+
+
+def _cached(cache: Path, key: str) -> Stack | None:
+    try:
+        with open(cache, "rb") as f:
+            entry = pickle.load(f)
+        if entry["key"] != key:
+            return None
+        for name, was_file in entry["files"]:
+            if os.path.isfile(name) != was_file:
+                return None
+        return entry["stack"]
+    except Exception:  # a missing, old or damaged cache is just a miss
+        return None
+
+
+def _store(cache: Path, entry: dict) -> None:
+    try:
+        state.atomic_write(cache, pickle.dumps(entry))
+    except OSError:
+        pass  # only a cache
