@@ -9,9 +9,9 @@ the live system, through sudo when needed) and records what it wrote.
 An install is keyed on the content of the artifacts, its commands and env,
 destdir and prefix (not the staging path: it is the same for every run); it
 reruns when an installed file or its record is missing, not because the
-build merely ran again.  A part without ``artifacts`` installs from its
-checkout, and nothing smaller stands for what it copies: its key holds
-what its build last ran on instead (the checkout's content, as the build's
+build merely ran again.  A part without ``artifacts`` whose install
+commands copy from its checkout has nothing smaller to stand for what it
+copies: its key holds what its build last ran on instead (the checkout's content, as the build's
 stamp recorded it, and the build's commands, env, settings and needs), so
 it reruns after every build that ran on something else (a ref change, an
 edit, other build commands) and never leaves the previous version
@@ -84,7 +84,9 @@ def install_key(ws: Workspace, part: Part) -> dict:
         "destdir": ws.settings.destdir,
         "prefix": ws.settings.prefix,
     }
-    if not part.artifacts:  # it installs from the checkout: follow what the build ran on
+    if not part.artifacts and part.install:
+        # its commands install from the checkout: follow what the build ran
+        # on (with no install commands nothing is copied from it)
         key["build"] = built_on(build)
     return key
 
