@@ -107,7 +107,7 @@ class StackLoader(TaskLoader2):
         self.project = self.dodo.parent
         try:
             refuse(self.variables, _given(opt_values, "par_type"))
-            run.check_progress_interval()
+            run.progress_interval()
         except StackError as err:
             raise InvalidDodoFile(str(err)) from None
 

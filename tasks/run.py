@@ -25,6 +25,7 @@ import contextvars
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import sh
@@ -50,8 +51,7 @@ _PRINT_LOCK = threading.Lock()
 
 
 # Where say() writes in this thread (see output_to): (capture, realtime).
-_STREAMS: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("kps_streams",
-                                                                         default=None)
+_STREAMS = contextvars.ContextVar("kps_streams", default=None)
 
 
 @contextmanager
@@ -71,30 +71,22 @@ def output_to(capture, realtime=None):
 def say(message: str) -> None:
     """Tell the user what is happening: whole lines, never interleaved with
     another thread's (stderr, so doit shows it)."""
-    streams = _STREAMS.get()
+    capture, realtime = _STREAMS.get() or (None, sys.stderr)
     progress = _progress(create=False)
-    text = message + "\n"
     with _PRINT_LOCK:
         if progress is not None:
             progress.erase()
-        try:
-            if streams is None:
-                sys.stderr.write(text)
-                sys.stderr.flush()
-                return
-            capture, realtime = streams
-            capture.write(text)
-            if realtime is not None:
-                realtime.write(text)
-                realtime.flush()
-        finally:
-            if progress is not None:
-                progress.draw()
+        for stream in (capture, realtime):
+            if stream is not None:
+                stream.write(message + "\n")
+        if realtime is not None:
+            realtime.flush()
+        if progress is not None:
+            progress.draw()
 
 
 def shown_path(path: Path) -> str:
-    """A path as the user would type it from here (the folder doit was
-    started in): relative when inside."""
+    """A path as the user would type it where doit started: relative when inside."""
     try:
         rel = os.path.relpath(path, os.getcwd())
     except ValueError:
@@ -114,12 +106,12 @@ def expanded(command: str, env: dict[str, str] | None) -> str:
 
 
 # --------------------------------------------------------------------------
-# Progress while commands run.  KPS_PROGRESS picks how (README: Progress):
-# ``live`` (the default on a terminal): one status line per running command
-# (task, elapsed time, its last output line), redrawn in place below the
-# output; ``notes`` (the default elsewhere, CI logs): "still running: TASK
-# (N min, log: PATH)" once a minute (KPS_PROGRESS_INTERVAL seconds);
-# ``stream``: every output line as it comes, prefixed with its task; ``off``.
+# Progress while commands run.  KPS_PROGRESS picks how: ``live`` (the default
+# on a terminal): one status line per running command (task, elapsed time,
+# its last output line), redrawn in place below the output; ``notes`` (the
+# default elsewhere): "still running: TASK (N min, log: PATH)" once a minute
+# (KPS_PROGRESS_INTERVAL seconds); ``stream``: every output line as it comes,
+# prefixed with its task; ``off``.
 
 
 @dataclass
@@ -130,6 +122,8 @@ class _Live:
     started: float
     notes: int = 0
     read: int = 0  # stream mode: how far the log was shown
+    done: bool = False  # stream mode: all shown (the log goes on with the next command)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def progress_mode() -> str:
@@ -142,10 +136,11 @@ def progress_mode() -> str:
     return mode
 
 
-def _interval() -> float:
+def progress_interval() -> float:
     """KPS_PROGRESS_INTERVAL: seconds between two notes (unset or empty: 60).
     Anything but a number above 0 is refused: 0 or -1 would otherwise mean
-    a note every tick, or silently the default."""
+    a note every tick, or silently the default (the loader asks at start, so
+    that it stops doit before anything runs, not in the progress thread)."""
     value = os.environ.get("KPS_PROGRESS_INTERVAL", "").strip()
     if not value:
         return 60.0
@@ -161,27 +156,18 @@ def _interval() -> float:
     return max(0.05, seconds)
 
 
-def check_progress_interval() -> None:
-    """Called at start, so a bad KPS_PROGRESS_INTERVAL stops doit before
-    anything runs rather than in the progress thread."""
-    _interval()
-
-
 class Progress:
-    """The progress display of one run (``session.Run.feature``): the
-    commands running now, the live lines drawn for them, and the thread that
-    redraws them or writes the notes; stopped when the run ends."""
+    """One run's progress display (``session.Run.feature``): the commands
+    running now, their live lines, the thread that redraws them or notes."""
 
     def __init__(self):
         self.live: dict[int, _Live] = {}
         self.drawn = 0  # live lines on the terminal now (under _PRINT_LOCK)
-        self.lock = threading.Lock()
-        self.wake = threading.Event()
+        self.lock, self.wake = threading.Lock(), threading.Event()
         self.ticker: threading.Thread | None = None
         self.stopped = False
 
-    def erase(self) -> None:
-        """Take the live lines off the terminal (under _PRINT_LOCK)."""
+    def erase(self) -> None:  # take the live lines off the terminal (under _PRINT_LOCK)
         if self.drawn:
             sys.stderr.write(f"\x1b[{self.drawn}A\x1b[J")
             self.drawn = 0
@@ -190,35 +176,31 @@ class Progress:
         """Draw a live line per running command (under _PRINT_LOCK)."""
         if self.drawn or not self.live or self.stopped or progress_mode() != "live":
             return
-        import shutil
-
         width = max(20, shutil.get_terminal_size((80, 24)).columns - 1)
-        now = time.monotonic()
         lines = []
         for item in list(self.live.values()):
-            elapsed = int(now - item.started)
+            elapsed = int(time.monotonic() - item.started)
             last = tail(item.log, item.offset, lines=1).strip().replace("\t", " ")
-            line = (f"  [{elapsed // 60}:{elapsed % 60:02d}] {item.task}"
-                    + (f"  {last}" if last else ""))
+            line = f"  [{elapsed // 60}:{elapsed % 60:02d}] {item.task}  {last}".rstrip()
             lines.append(line[:width])
         sys.stderr.write("".join(f"\x1b[2m{line}\x1b[0m\n" for line in lines))
         sys.stderr.flush()
         self.drawn = len(lines)
 
-    def watch(self, key: int, item: _Live) -> None:
+    def watch(self, key: int, item: _Live | None) -> None:
+        """A command started (``item``: what to show of it) or ended (None)."""
         with self.lock:
-            self.live[key] = item
-            if self.ticker is None and not self.stopped and progress_mode() != "off":
-                self.ticker = threading.Thread(target=session.carried(self._tick),
-                                               name="kps-progress", daemon=True)
-                self.ticker.start()
+            if item is None:
+                item = self.live.pop(key, None)
+            else:
+                self.live[key], item = item, None
+                if self.ticker is None and not self.stopped and progress_mode() != "off":
+                    self.ticker = threading.Thread(target=session.carried(self._tick),
+                                                   name="kps-progress", daemon=True)
+                    self.ticker.start()
         self.wake.set()
-
-    def unwatch(self, key: int) -> None:
-        with self.lock:
-            item = self.live.pop(key, None)
         if item is not None and progress_mode() == "stream":
-            _stream(item)
+            _stream(item, last=True)
         with _PRINT_LOCK:
             self.erase()
             self.draw()
@@ -226,7 +208,8 @@ class Progress:
     def _tick(self) -> None:
         while not self.stopped:
             mode = progress_mode()
-            self.wake.wait({"live": 1.0, "stream": 0.2}.get(mode, min(_interval(), 5.0)))
+            self.wake.wait({"live": 1.0, "stream": 0.2}.get(mode,
+                                                             min(progress_interval(), 5.0)))
             self.wake.clear()
             if self.stopped:
                 return
@@ -240,17 +223,15 @@ class Progress:
                 for item in items:
                     _stream(item)
             elif mode == "notes":
-                every = _interval()
+                every = progress_interval()
                 for item in items:
                     elapsed = time.monotonic() - item.started
                     if int(elapsed // every) > item.notes:
                         item.notes = int(elapsed // every)
-                        took = f"{int(elapsed // 60)} min" if elapsed >= 60 \
-                            else f"{int(elapsed)} s"
+                        took = f"{int(elapsed // 60)} min" if elapsed >= 60 else f"{int(elapsed)} s"
                         say(f"still running: {item.task} ({took}, log: {shown_path(item.log)})")
 
-    def close(self) -> None:
-        """Stop the thread and take the live lines off (the run ends)."""
+    def close(self) -> None:  # the run ends: stop the thread, take the live lines off
         with self.lock:
             self.stopped = True
             ticker = self.ticker
@@ -263,31 +244,28 @@ class Progress:
 
 def _progress(create: bool) -> Progress | None:
     """The current run's progress display (made on first use when
-    ``create``); None outside a run."""
+    ``create``, and closed with the run); None outside a run."""
     run = session.current()
-    if run is None:
-        return None
-    if not create:
-        return run.feature("progress")
-
-    def make() -> Progress:
-        progress = Progress()
-        run.on_close(progress.close)
-        return progress
-
-    return run.feature("progress", make)
+    if run is None or not create:
+        return run and run.feature("progress")
+    return run.feature("progress", lambda: run.on_close(Progress()))
 
 
-def _stream(item: _Live) -> None:
-    try:
-        data, end = tail_bytes(item.log, 1 << 20, max(item.offset, item.read))
-    except OSError:
-        return
-    cut = data.rfind(b"\n") + 1
-    if cut:
+def _stream(item: _Live, last: bool = False) -> None:
+    """Say the lines the command wrote since the last time; once it ended
+    (``last``), never again: its log goes on with the next command's."""
+    with item.lock:
+        if item.done:
+            return
+        item.done = last
+        try:
+            data, _ = tail_bytes(item.log, 1 << 20, max(item.offset, item.read))
+        except OSError:
+            return
+        cut = data.rfind(b"\n") + 1
         item.read = max(item.offset, item.read) + cut
-        for line in data[:cut].decode("utf-8", "replace").splitlines():
-            say(f"  {item.task}| {line}")
+    for line in data[:cut].decode("utf-8", "replace").splitlines():
+        say(f"  {item.task}| {line}")
 
 
 def rotate(log: Path) -> None:
@@ -362,8 +340,6 @@ def need_root(task: str, policy: str, why: str) -> bool:
 
 
 def which(program: str, path: str | None = None) -> str | None:
-    import shutil
-
     return shutil.which(program, path=path)
 
 
@@ -428,14 +404,6 @@ def capture(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | N
 # Commands the user sees
 
 
-def record_commands_in(run: session.Run, folder: Path) -> None:
-    """Record every command ``run`` starts from now on in ``folder`` (one
-    file per process group, removed when it ends), so that the next run can
-    stop the commands a killed run left behind."""
-    folder.mkdir(parents=True, exist_ok=True)
-    run.registry = folder
-
-
 def run(command: str, *, cwd: Path, log: Path, env: dict[str, str] | None = None,
         sudo: bool = False, label: str = "") -> None:
     """Run ``command`` with ``sh -c`` in ``cwd``; output appended to ``log``."""
@@ -454,30 +422,15 @@ def run(command: str, *, cwd: Path, log: Path, env: dict[str, str] | None = None
             proc = sh.Command(argv[0])(
                 *argv[1:], _cwd=str(cwd), _env=command_env(env), _out=out, _err_to_out=True,
                 _in=devnull, _new_session=True, _bg=True, _bg_exc=False)
-            current = session.current()
-            progress = _progress(create=True)
-            if current is not None:
-                with current.lock:
-                    current.processes[id(proc)] = proc
-            if progress is not None:
-                progress.watch(id(proc), _Live(label.rstrip(": ") or shown, log, offset,
-                                               time.monotonic()))
-            entry = _record(current, proc.pid, shown)
-            try:
-                proc.wait()
-            except BaseException as err:
-                if isinstance(err, sh.ErrorReturnCode):
+            with _running(proc, _Live(label.rstrip(": ") or shown, log, offset,
+                                      time.monotonic()), shown):
+                try:
+                    proc.wait()
+                except BaseException as err:
+                    if isinstance(err, sh.ErrorReturnCode):
+                        raise
+                    stop_group(proc.pid)
                     raise
-                stop_group(proc.pid)
-                raise
-            finally:
-                if current is not None:
-                    with current.lock:
-                        current.processes.pop(id(proc), None)
-                if progress is not None:
-                    progress.unwatch(id(proc))
-                if entry is not None:
-                    entry.unlink(missing_ok=True)
         except sh.ErrorReturnCode as err:
             out.flush()
             raise CommandFailed(shown, err.exit_code, tail(log, offset), str(log)) from None
@@ -486,15 +439,31 @@ def run(command: str, *, cwd: Path, log: Path, env: dict[str, str] | None = None
             raise CommandFailed(shown, -err.exit_code, tail(log, offset), str(log)) from None
 
 
-def _record(current: session.Run | None, pid: int, command: str) -> Path | None:
-    if current is None or current.registry is None:
-        return None
-    entry = current.registry / f"{pid}.pgid"
+@contextmanager
+def _running(proc, item: _Live, command: str):
+    """While ``proc`` runs: stopped if the run ends first, on its progress
+    display, recorded in ``Run.registry`` for the next run (see ``reap``)."""
+    current, progress = session.current(), _progress(create=True)
+    registry = current.registry if current is not None else None
+    entry = registry / f"{proc.pid}.pgid" if registry is not None else None
     try:
-        entry.write_text(f"{pid}\n{start_ticks(pid)}\n{command}")
+        if entry is not None:
+            entry.write_text(f"{proc.pid}\n{start_ticks(proc.pid)}\n{command}")
     except OSError:
-        return None
-    return entry
+        entry = None
+    if current is not None:
+        current.track(id(proc), lambda: stop_group(proc.pid))
+    if progress is not None:
+        progress.watch(id(proc), item)
+    try:
+        yield
+    finally:
+        if current is not None:
+            current.track(id(proc), None)
+        if progress is not None:
+            progress.watch(id(proc), None)
+        if entry is not None:
+            entry.unlink(missing_ok=True)
 
 
 def start(argv: list[str], *, log: Path, sudo: bool = False,
@@ -525,12 +494,17 @@ def start(argv: list[str], *, log: Path, sudo: bool = False,
 def proc_stat(pid: int) -> tuple[str, str] | None:
     """(state letter, start time in clock ticks) of a process, or None if it
     is gone: the start time tells a process from a later one with its pid."""
+    fields = _stat_fields(str(pid))
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+def _stat_fields(pid: str) -> list[str]:
+    """/proc/PID/stat after the command name ([] if it is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return None
-    return (fields[0], fields[19]) if len(fields) > 19 else None
+        return []
 
 
 def start_ticks(pid: int) -> str | None:
@@ -599,12 +573,7 @@ def _group_members(pgid: int):
     """The /proc/PID/stat state of every process in group ``pgid``."""
     with os.scandir("/proc") as entries:
         names = [e.name for e in entries if e.name.isdigit()]
-    for name in names:
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
+    for fields in map(_stat_fields, names):
         if len(fields) > 2 and fields[2] == str(pgid):
             yield (fields[0], fields[19] if len(fields) > 19 else "")
 

@@ -69,7 +69,7 @@ class Run:
         self.planner = None  # tasks/plan.py's Planner, made on first use
         self.summary: list[tuple[str, float, bool, Path, str]] = []  # steps that ran
         self.registry: Path | None = None  # where running commands are recorded (run.reap)
-        self.processes: dict[int, object] = {}  # commands running now, stopped at the end
+        self.processes: dict[int, Callable[[], object]] = {}  # running now: how to stop each
         self.lock = threading.RLock()  # guards the lists above, shared by doit's threads
         self._features: dict[str, object] = {}
         self._closers: list[Callable[[], None]] = []
@@ -89,10 +89,20 @@ class Run:
                 self._features[name] = make()
             return self._features.get(name)
 
-    def on_close(self, fn: Callable[[], None]) -> None:
-        """Call ``fn`` when the run ends (last registered, first called)."""
+    def on_close(self, closes):
+        """Call ``closes()``, or ``closes.close()``, when the run ends (the
+        last registered first); returns ``closes``."""
         with self.lock:
-            self._closers.append(fn)
+            self._closers.append(getattr(closes, "close", closes))
+        return closes
+
+    def track(self, key: int, stop: Callable[[], object] | None) -> None:
+        """A command of this run started (``stop`` stops it) or ended (None)."""
+        with self.lock:
+            if stop is None:
+                self.processes.pop(key, None)
+            else:
+                self.processes[key] = stop
 
     def ran(self, tid: str, seconds: float, ok: bool, log: Path, result: str = "ok") -> None:
         with self.lock:
@@ -127,12 +137,10 @@ class Run:
 
     def stop_processes(self) -> None:
         """Stop every command of this run still running (its process group)."""
-        from . import run as runner
-
         with self.lock:
-            procs = list(self.processes.values())
-        for proc in procs:
-            runner.stop_group(proc.pid)
+            stops = list(self.processes.values())
+        for stop in stops:
+            stop()
 
     def close(self) -> None:
         """End the run: stop what still runs, let each feature close (the

@@ -188,7 +188,8 @@ class Workspace:
             procs = self.state / "running"
             for command in runner.reap(procs):
                 runner.say(f"stopped a command left running by an interrupted run: {command}")
-            runner.record_commands_in(self.run, procs)
+            procs.mkdir(parents=True, exist_ok=True)
+            self.run.registry = procs  # every command from now on is recorded there
             shutil.rmtree(self.state / "tmp", ignore_errors=True)
 
     def unlock(self) -> None:
