@@ -4,8 +4,15 @@ Validation (``tasks/spec``) costs ~150 ms of pydantic model building, a
 quarter of a no-op, so ``validated()`` keeps the validated ``Stack`` in a
 cache under the workdir (``<workdir>/state/stack.pickle``) keyed by the
 file's bytes and the environment validation reads (HOME, CPU count), and
-uses it only while the files validation looked at (patches, pod templates)
-still exist or not as they did, and the validator's code is the same.
+uses it only while
+
+* the files validation looked at (patches, pod templates) still exist or
+  not as they did, and
+* the code that validated it is the same: the content of every module of
+  ours loaded when validation ended (``tasks.spec``, ``tasks.model``, the
+  URL rules, the prerequisite catalogue, and whatever they import), taken
+  from ``sys.modules`` then and recorded in the entry, never from a list
+  kept by hand.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import yaml
 from . import state
 from .model import Stack
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def load(path, project: Path | None = None, store: bool = True) -> Stack:
@@ -52,16 +59,38 @@ def validated(path, project: Path | None = None) -> tuple[Stack, Callable[[], No
     from . import spec  # pydantic only when something changed
 
     stack, checked = spec.validate(path, project=project)
+    code = code_files()
 
     def keep() -> None:
         if key and cache.parent.parent == stack.settings.workdir:
-            _store(cache, {"key": key, "stack": stack, "files": checked})
+            _store(cache, {"key": key, "stack": stack, "files": checked,
+                           "code": [(f, _digest(f)) for f in code]})
 
     return stack, keep
 
 
 def _nothing() -> None:
     pass
+
+
+def code_files() -> list[str]:
+    """The files of every module of ours loaded now (after a validation:
+    the code that made its result)."""
+    files = set()
+    for name, module in list(sys.modules.items()):
+        if name == "tasks" or name.startswith("tasks."):
+            file = getattr(module, "__file__", None)
+            if file:
+                files.add(file)
+    return sorted(files)
+
+
+def _digest(file: str) -> str | None:
+    try:
+        with open(file, "rb") as f:
+            return hashlib.blake2b(f.read(), digest_size=16).hexdigest()
+    except OSError:
+        return None
 
 
 def cache_file(path: Path, data: bytes) -> Path | None:
@@ -79,20 +108,9 @@ def cache_file(path: Path, data: bytes) -> Path | None:
     return folder / "state" / "stack.pickle"
 
 
-_HERE = Path(__file__).parent
-_CODE = [*sorted((_HERE / "spec").glob("*.py")), _HERE / "model.py", _HERE / "catalog.py"]
-
-
 def _key(path: Path, project: Path | None, data: bytes) -> str:
-    code = []
-    for file in _CODE:
-        try:
-            st = os.stat(file)
-            code.append((file.name, st.st_mtime_ns, st.st_size))
-        except OSError:
-            code.append((file.name, None, None))
     facts = (CACHE_VERSION, str(path), str(project), os.environ.get("HOME"), os.cpu_count(),
-             sys.version_info[:2], code, hashlib.sha256(data).hexdigest())
+             sys.version_info[:2], hashlib.sha256(data).hexdigest())
     return hashlib.sha256(repr(facts).encode()).hexdigest()
 
 
@@ -104,6 +122,9 @@ def _cached(cache: Path, key: str) -> Stack | None:
             return None
         for name, was_file in entry["files"]:
             if os.path.isfile(name) != was_file:
+                return None
+        for file, digest in entry["code"]:
+            if _digest(file) != digest:
                 return None
         return entry["stack"]
     except Exception:  # a missing, old or damaged cache is just a miss

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+from pathlib import Path
+
 import pytest
 from conftest import write
 
@@ -110,3 +114,55 @@ def test_a_read_only_load_stores_nothing(files, validations):
     stackcache.load(path, project, store=False)
     assert not (path.parent / "build").exists()
 
+
+# --------------------------------------------------------------------------
+# The code that validated: the modules loaded then, not a list kept by hand
+
+
+@pytest.fixture
+def copied(tmp_path, monkeypatch):
+    """``copy(NAME)``: module NAME now reads as a copy under tmp_path (its
+    ``__file__``), which the test may edit; the real file stays untouched."""
+
+    def copy(name: str) -> Path:
+        module = importlib.import_module(name)
+        real = Path(module.__file__)
+        mine = tmp_path / "code" / name / real.name
+        mine.parent.mkdir(parents=True)
+        mine.write_bytes(real.read_bytes())
+        monkeypatch.setattr(module, "__file__", str(mine))
+        return mine
+
+    return copy
+
+
+def test_a_change_in_the_url_rules_invalidates_the_cache(files, validations, copied):
+    path, project = files
+    rules = copied("tasks.spec.urls")
+    stackcache.load(path, project)
+    stackcache.load(path, project)
+    assert len(validations) == 1
+    rules.write_text(rules.read_text() + "\n# a rule changed\n")
+    stackcache.load(path, project)
+    assert len(validations) == 2
+
+
+def test_a_change_in_any_module_loaded_by_validation_invalidates_the_cache(files, validations,
+                                                                          copied):
+    path, project = files
+    stackcache.load(path, project)
+    loaded = sorted(n for n in sys.modules if n == "tasks" or n.startswith("tasks."))
+    assert {"tasks.spec", "tasks.spec.urls", "tasks.model"} <= set(loaded)
+    stale = []
+    for name in loaded:
+        if not getattr(sys.modules[name], "__file__", None):
+            continue
+        mine = copied(name)
+        stackcache.cache_file(path, path.read_bytes()).unlink()
+        stackcache.load(path, project)  # validated, and kept with the copy's content
+        before = len(validations)
+        mine.write_text(mine.read_text() + "\n# changed\n")
+        stackcache.load(path, project)
+        if len(validations) == before:
+            stale.append(name)
+    assert stale == []
