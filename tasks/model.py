@@ -117,10 +117,13 @@ def split_cache_url(url: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Cache:
-    """``settings.cache``: where the shared build cache is (``oci://host/prefix``)."""
+    """``settings.cache``: where the shared build cache is (``oci://host/prefix``),
+    the key that signs what is pushed and the allowed signers of what is pulled."""
     url: str
     push: bool = False
     plain_http: bool = False
+    sign_key: Path | None = None  # a private key, or a public key whose half is in ssh-agent
+    trust: Path | None = None  # allowed signers (git's format); None: pulls are not verified
 
 
 @dataclass(frozen=True)

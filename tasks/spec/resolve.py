@@ -26,6 +26,7 @@ from ..model import (
     split_cache_url,
     variables_in,
 )
+from . import signers
 from .problems import Problems
 from .schema import (
     ENV_RE,
@@ -40,11 +41,14 @@ from .schema import (
 from .urls import check_git_url, inside, is_local_path, norm_target
 
 
-def _cache(s: SettingsFile, problems: Problems) -> Cache | None:
+def _cache(s: SettingsFile, base: Path, problems: Problems) -> Cache | None:
     """``settings.cache``: its url must be ``oci://host[:port]/repo/prefix``,
-    without credentials (they live in the container auth file)."""
+    without credentials (they live in the container auth file); the sign
+    key and the trust file must be readable files of their kinds."""
     if s.cache is None:
         return None
+    sign_key = _sign_key(s.cache.sign_key, base, problems)
+    trust = _trust(s.cache.trust, base, problems)
     try:
         _, prefix = split_cache_url(s.cache.url)
     except ValueError as err:
@@ -56,7 +60,79 @@ def _cache(s: SettingsFile, problems: Problems) -> Cache | None:
                      "oci://host[:port]/repository, each component's builds going to "
                      "<repository>/<component> (e.g. oci://127.0.0.1:5000/kps)")
         return None
-    return Cache(url=s.cache.url.rstrip("/"), push=s.cache.push, plain_http=s.cache.plain_http)
+    return Cache(url=s.cache.url.rstrip("/"), push=s.cache.push, plain_http=s.cache.plain_http,
+                 sign_key=sign_key, trust=trust)
+
+
+def _cache_file(value: str, base: Path, field: str, what: str,
+                problems: Problems) -> tuple[Path, bytes | None]:
+    """The path of ``settings.cache.<field>`` and its first line (None:
+    missing or unreadable, said)."""
+    path = Path(os.path.normpath((base / os.path.expanduser(value)).absolute()))
+    if not problems.is_file(path):
+        problems.add(("settings", "cache", field),
+                     f"{what} {path} is not a file" if path.exists() else
+                     f"{what} not found: {path}")
+        return path, None
+    try:
+        with open(path, "rb") as f:
+            return path, f.readline(64 * 1024)
+    except OSError as err:
+        problems.add(("settings", "cache", field), f"cannot read {what} {path}: {err.strerror}")
+        return path, None
+
+
+def _sign_key(value: str | None, base: Path, problems: Problems) -> Path | None:
+    """A private key (ssh-keygen refuses one that others may read), or a
+    public key whose private half is in ssh-agent.  Only its first line is
+    read, and nothing of it is ever said."""
+    if value is None:
+        return None
+    path, first = _cache_file(value, base, "sign_key", "sign key", problems)
+    if first is None:
+        return path
+    line = first.decode("ascii", "replace").strip()
+    if line.startswith("-----BEGIN ") and line.endswith("PRIVATE KEY-----"):
+        st = os.stat(path)
+        mode = st.st_mode
+        if st.st_uid == os.getuid() and mode & 0o077:
+            problems.add(("settings", "cache", "sign_key"),
+                         f"the private key {path} may be read by others (mode "
+                         f"{mode & 0o777:o}): ssh-keygen refuses to sign with it "
+                         f"(chmod 600 {value})")
+    elif signers.public_key_problem(line) is not None:
+        problems.add(("settings", "cache", "sign_key"),
+                     f"{path} is neither an SSH private key nor an SSH public key (the "
+                     "public half of a key in ssh-agent); make one with ssh-keygen -t ed25519")
+    return path
+
+
+def _trust(value: str | None, base: Path, problems: Problems) -> Path | None:
+    """An allowed-signers file in git's format (``signers``): each bad line
+    is a problem naming its line, and it must allow at least one key."""
+    if value is None:
+        return None
+    path, first = _cache_file(value, base, "trust", "trust file", problems)
+    if first is None:
+        return path
+    loc = ("settings", "cache", "trust")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        problems.add(loc, f"{value}: not UTF-8 text (git's allowed-signers format: "
+                          "'principal key-type key' a line)")
+        return path
+    except OSError as err:
+        problems.add(loc, f"cannot read the trust file {path}: {err.strerror}")
+        return path
+    found, bad = signers.parse(text)
+    for line, why in bad:
+        problems.add(loc, f"{value}:{line}: {why}")
+    if not bad and not any(not s.revoked for s in found):
+        problems.add(loc, f"{value} allows no signer: every artifact pulled would be refused "
+                          "(add a line 'principal key-type key', the key from the signer's "
+                          ".pub file)")
+    return path
 
 
 def resolve(path: Path, s: SettingsFile, model_components: dict[str, ComponentFile],
@@ -75,7 +151,7 @@ def resolve(path: Path, s: SettingsFile, model_components: dict[str, ComponentFi
         prefix=prefix.rstrip("/") or "/",
         sudo=s.sudo,
         jobs=s.jobs or (os.cpu_count() or 1),
-        cache=_cache(s, problems),
+        cache=_cache(s, base, problems),
     )
 
     components: dict[str, Component] = {}

@@ -104,6 +104,8 @@ class CacheFile(_Strict):
     url: str = Field(min_length=1)  # oci://host[:port]/repo/prefix (checked in resolve)
     push: bool = False
     plain_http: bool = False
+    sign_key: str | None = Field(None, min_length=1)  # signs what is pushed (checked in resolve)
+    trust: str | None = Field(None, min_length=1)  # allowed signers of what is pulled
 
 
 class SettingsFile(_Strict):
