@@ -7,8 +7,15 @@ tag derived from the cache key (``tag_for``): a manifest
 ref, commit and a summary of the key inputs (``annotations_for``: what
 ``oras``, ``skopeo inspect`` or ``crane manifest`` show), a config of our own
 media type (``CONFIG_TYPE``, the key inputs as JSON), and one layer, the
-staged tree as tar+gzip (``pack``: sorted entries, modes kept, owner root,
-mtime 0, gzip mtime 0 and no name: the same tree, the same bytes).
+staged tree as tar+gzip (``layer.pack``: the same tree, the same bytes).
+
+An artifact's signature (issue 21, made and checked by ``signing``) is an
+artifact of its own in the same repository, tagged by cosign's convention
+``sha256-<hex>.sig`` after the manifest digest it signs (``signature_tag``;
+distribution 2.8 has no referrers API): a config naming that digest
+(``SIGNATURE_CONFIG_TYPE``) and one layer, the armored SSH signature
+(``SIGNATURE_TYPE``).  ``push`` can sign before it sends anything and sends
+the signature first, so that no reader finds the artifact unsigned.
 
 Why not the ``oras`` package: measured, oras 0.2.x ``pull`` wrote a
 tampered layer to disk without complaint, and the registry (distribution
@@ -33,47 +40,32 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
-import gzip
 import hashlib
 import http.client
-import io
 import json
 import os
 import re
 import ssl
-import stat
-import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
-import zlib
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable
+from pathlib import Path
 
-from ...errors import StackError
 from ...model import OCI_REPOSITORY, split_cache_url
+from .errors import CacheAuthError, CacheCorrupt, CacheError, CacheUnreachable
+from .layer import pack, unpack
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.kata-passt-stack.install.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+# A signature artifact (host/cache/signing.py makes and checks what it holds).
+SIGNATURE_CONFIG_TYPE = "application/vnd.kata-passt-stack.signature.config.v1+json"
+SIGNATURE_TYPE = "application/vnd.kata-passt-stack.ssh-signature.v1"
+MAX_SIGNATURE = 64 * 1024
 ANNOTATION_PREFIX = "kata-passt-stack."
 MAX_MANIFEST = 4 * 1024 * 1024
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-
-
-class CacheError(StackError):
-    """The build cache answered something we cannot use."""
-
-
-class CacheUnreachable(CacheError):
-    """The registry cannot be reached (or answers 5xx): build locally."""
-
-
-class CacheCorrupt(CacheError):
-    """A manifest or blob does not match its digest or size: refused."""
-
-
-class CacheAuthError(CacheError):
-    """The registry refuses our credentials (or has none of ours)."""
 
 
 # --------------------------------------------------------------------------
@@ -95,6 +87,12 @@ def repository(prefix: str, component: str) -> str:
     if not OCI_REPOSITORY.match(name):
         raise CacheError(f"{name!r} is not a repository name")
     return name
+
+
+def signature_tag(digest: str) -> str:
+    """cosign's tag for the signature of ``digest``: ``sha256-<hex>.sig``."""
+    algorithm, _, hexd = digest.partition(":")
+    return f"{algorithm}-{hexd}.sig"
 
 
 def canonical(value) -> bytes:
@@ -135,137 +133,22 @@ def annotations_for(component: str, part: str, ref: str, commit: str, source: st
 
 
 # --------------------------------------------------------------------------
-# The layer
+# Manifests
 
 
-def _entries(tree: Path) -> list[tuple[str, os.stat_result]]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(tree):
-        dirnames.sort()
-        for name in dirnames + sorted(filenames):
-            path = Path(dirpath, name)
-            out.append((path.relative_to(tree).as_posix(), os.lstat(path)))
-    return sorted(out, key=lambda e: e[0])
-
-
-def pack(tree: Path) -> bytes:
-    """The tree as deterministic tar+gzip bytes (see the module docstring).
-    Hard links are stored as separate files; a device, fifo or socket is
-    refused."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for rel, st in _entries(tree):
-            info = tarfile.TarInfo(rel)
-            info.mode = stat.S_IMODE(st.st_mode)
-            info.uid, info.gid, info.uname, info.gname, info.mtime = 0, 0, "root", "root", 0
-            if stat.S_ISDIR(st.st_mode):
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            elif stat.S_ISLNK(st.st_mode):
-                info.type = tarfile.SYMTYPE
-                info.linkname = os.readlink(tree / rel)
-                tar.addfile(info)
-            elif stat.S_ISREG(st.st_mode):
-                info.size = st.st_size
-                with open(tree / rel, "rb") as f:
-                    tar.addfile(info, f)
-            else:
-                raise CacheError(f"{tree / rel}: not a file, folder or symlink; not cached")
-    out = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6) as gz:
-        gz.write(raw.getvalue())
-    return out.getvalue()
-
-
-def _inside(parts: tuple[str, ...]) -> bool:
-    depth = 0
-    for p in parts:
-        if p == "..":
-            depth -= 1
-            if depth < 0:
-                return False
-        elif p not in ("", "."):
-            depth += 1
-    return True
-
-
-def _check_members(members: list[tarfile.TarInfo]) -> None:
-    """Refuse the layer unless every entry is safe, looking at all of them
-    (an entry below a symlink or file that comes later is refused, too)."""
-    order: dict[str, int] = {}
-    for i, m in enumerate(members):
-        parts = PurePosixPath(m.name).parts
-        norm = "/".join(parts)
-        if not parts or m.name.startswith("/") or ".." in parts or "\0" in m.name \
-                or norm == ".":
-            raise CacheCorrupt(f"unsafe path in the layer: {m.name!r}")
-        if norm in order:
-            raise CacheCorrupt(f"the layer holds {m.name!r} twice")
-        order[norm] = i
-    for norm, i in order.items():
-        m, parts = members[i], norm.split("/")
-        for depth in range(1, len(parts)):
-            parent = order.get("/".join(parts[:depth]))
-            if parent is not None and not members[parent].isdir():
-                raise CacheCorrupt(f"{m.name!r} is below a non-folder in the layer")
-        if m.issym():
-            target = PurePosixPath(m.linkname)
-            base = () if target.is_absolute() else tuple(parts[:-1])
-            if not m.linkname or not _inside(base + target.parts[target.is_absolute():]):
-                raise CacheCorrupt(f"symlink {m.name!r} -> {m.linkname!r} leaves the tree")
-        elif m.islnk():
-            j = order.get("/".join(PurePosixPath(m.linkname).parts), len(members))
-            if j >= i or not members[j].isreg() or m.linkname.startswith("/"):
-                raise CacheCorrupt(f"hard link {m.name!r} -> {m.linkname!r} is not to a "
-                                   "file earlier in the layer")
-        elif not (m.isreg() or m.isdir()):
-            raise CacheCorrupt(f"{m.name!r} is a device, fifo or other special file")
-
-
-def unpack(data: bytes, dest: Path) -> None:
-    """Extract tar+gzip ``data`` into ``dest`` (missing or empty).  Every
-    entry is checked before anything is written: no absolute path, no
-    ``..``, no symlink whose target leaves the tree (an absolute target is
-    read from the tree's root, which is where the merge lays it), no hard
-    link but to a file of the layer, no entry below a symlink, no device."""
-    try:
-        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")
-        members = tar.getmembers()
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-        raise CacheCorrupt(f"the layer is not a valid tar+gzip: {err}") from None
-    with tar:
-        _check_members(members)
-        if dest.exists() and any(dest.iterdir()):
-            raise CacheError(f"{dest} is not empty; nothing unpacked")
-        try:
-            _extract(tar, members, dest)
-        except (tarfile.TarError, EOFError, zlib.error) as err:
-            raise CacheCorrupt(f"the layer is not a valid tar+gzip: {err}") from None
-        except OSError as err:
-            raise CacheError(f"unpacking into {dest}: {err}") from None
-
-
-def _extract(tar: tarfile.TarFile, members: list[tarfile.TarInfo], dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    dirs = []
-    for m in members:
-        path = dest / m.name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if m.isdir():
-            path.mkdir(exist_ok=True)
-            dirs.append((path, m.mode))
-        elif m.issym():
-            os.symlink(m.linkname, path)
-        elif m.islnk():
-            os.link(dest / m.linkname, path, follow_symlinks=False)
-        else:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out, tar.extractfile(m) as src:
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
-            os.chmod(path, m.mode & 0o7777)
-    for path, mode in sorted(dirs, key=lambda d: -len(d[0].parts)):
-        os.chmod(path, mode & 0o7777)
+def _manifest_of(config_type: str, config: bytes, layers: list[tuple[str, bytes, dict]],
+                 annotations: dict[str, str]) -> bytes:
+    """An OCI image manifest (canonical JSON) of a config and layers
+    (media type, bytes, annotations)."""
+    return canonical({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "config": {"mediaType": config_type, "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": kind, "digest": sha256(data), "size": len(data),
+                    **({"annotations": notes} if notes else {})}
+                   for kind, data, notes in layers],
+        "annotations": dict(annotations),
+    })
 
 
 # --------------------------------------------------------------------------
@@ -503,32 +386,86 @@ class Registry:
         return {"digest": digest, "size": len(data)}
 
     def push(self, repo: str, tag: str, tree: Path, config: dict,
-             annotations: dict[str, str]) -> str:
+             annotations: dict[str, str],
+             sign: Callable[[str], bytes] | None = None) -> str:
         """Push ``tree`` as ``repo:tag`` (blobs already there are not sent
-        again); the manifest's digest."""
+        again); the manifest's digest.  With ``sign`` (the manifest digest
+        -> an armored signature), the signature is made before anything is
+        sent, and pushed before the artifact: no reader sees it unsigned."""
         if not _TAG_RE.match(tag):
             raise CacheError(f"{tag!r} is not a valid tag")
-        layer = pack(tree)
-        cfg = self._upload(repo, canonical(config))
-        lay = self._upload(repo, layer)
-        manifest = canonical({
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_TYPE,
-            "config": {"mediaType": CONFIG_TYPE, **cfg},
-            "layers": [{"mediaType": LAYER_TYPE, **lay, "annotations": {
-                "org.opencontainers.image.title": repo.rsplit("/", 1)[-1] + ".tar.gz"}}],
-            "annotations": dict(annotations),
-        })
+        config_bytes, layer = canonical(config), pack(tree)
+        manifest = _manifest_of(CONFIG_TYPE, config_bytes, [(LAYER_TYPE, layer, {
+            "org.opencontainers.image.title": repo.rsplit("/", 1)[-1] + ".tar.gz"})],
+            annotations)
+        digest = sha256(manifest)
+        signature = sign(digest) if sign else None
+        if signature is not None:
+            self.push_signature(repo, digest, signature)
+        self._upload(repo, config_bytes)
+        self._upload(repo, layer)
+        self._put_manifest(repo, tag, manifest)
+        return digest
+
+    def _put_manifest(self, repo: str, tag: str, manifest: bytes) -> None:
         answer = self._request("PUT", f"/v2/{repo}/manifests/{tag}", repo,
                                {"Content-Type": MANIFEST_TYPE}, data=manifest)
         if answer.status != 201:
             raise self._fail(f"pushing the manifest {repo}:{tag}", answer)
-        digest = sha256(manifest)
-        sent = answer.headers.get("Docker-Content-Digest")
+        digest, sent = sha256(manifest), answer.headers.get("Docker-Content-Digest")
         if sent and sent != digest:
             raise CacheCorrupt(f"{repo}:{tag}: the registry stored the manifest as {sent}, "
                                f"not {digest}")
-        return digest
+
+    # -- signatures ------------------------------------------------------------
+
+    def push_signature(self, repo: str, digest: str, signature: bytes) -> str:
+        """Store ``signature`` (of the manifest ``digest``) beside it, as
+        ``repo:sha256-<hex>.sig`` (cosign's tag: found without the OCI
+        referrers API, which distribution 2.8 lacks): a manifest whose
+        config names the digest signed and whose one layer is the armored
+        signature.  Its digest."""
+        config = canonical({"signed": digest, "format": "ssh-keygen -Y sign"})
+        manifest = _manifest_of(SIGNATURE_CONFIG_TYPE, config, [(SIGNATURE_TYPE, signature, {
+            "org.opencontainers.image.title": "signature"})],
+            {ANNOTATION_PREFIX + "signed": digest})
+        self._upload(repo, config)
+        self._upload(repo, signature)
+        self._put_manifest(repo, signature_tag(digest), manifest)
+        return sha256(manifest)
+
+    def signature(self, repo: str, digest: str) -> tuple[bytes, str | None] | None:
+        """The armored signature stored for the manifest ``digest``, and the
+        digest its config says it signs (the signature is what counts: the
+        config only names another artifact in a refusal); None when there
+        is none.  Verified against its digests like any pull."""
+        what = f"{repo}:{signature_tag(digest)}"
+        answer = self._request("GET", f"/v2/{repo}/manifests/{signature_tag(digest)}", repo,
+                               {"Accept": MANIFEST_TYPE}, limit=MAX_MANIFEST)
+        if answer.status == 404:
+            return None
+        if answer.status != 200:
+            raise self._fail(f"GET manifest {what}", answer)
+        body = answer.body
+        sent = answer.headers.get("Docker-Content-Digest")
+        if len(body) > MAX_MANIFEST or (sent and sent != sha256(body)):
+            raise CacheCorrupt(f"{what}: the manifest is not {sent}; refused")
+        try:
+            manifest = json.loads(body)
+            config_desc, layers = manifest["config"], manifest["layers"]
+            ours = len(layers) == 1 and config_desc.get("mediaType") == SIGNATURE_CONFIG_TYPE \
+                and layers[0].get("mediaType") == SIGNATURE_TYPE \
+                and isinstance(layers[0].get("size"), int) \
+                and layers[0]["size"] <= MAX_SIGNATURE
+        except (ValueError, KeyError, TypeError, AttributeError):
+            ours = False
+        if not ours:
+            raise CacheCorrupt(f"{what}: not a kata-passt-stack signature")
+        try:
+            claimed = json.loads(self._blob(repo, config_desc, what)).get("signed")
+        except (ValueError, AttributeError):
+            claimed = None
+        return self._blob(repo, layers[0], what), claimed if isinstance(claimed, str) else None
 
     def _manifest(self, repo: str, ref: str) -> tuple[bytes, _Answer]:
         answer = self._request("GET", f"/v2/{repo}/manifests/{ref}", repo,
