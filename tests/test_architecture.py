@@ -137,7 +137,7 @@ FEATURES = {
     "pod": {"pod", "check"},  # check reads which parts a pod needs (podhints)
     "image": {"image"},
     "configs": {"configs"},
-    "cache": {"build", "install"},
+    "cache": {"build", "install", "show"},  # show: who signed the artifact a build uses
     "prereqs": {"check"},
 }
 # Modules at the top of tasks/host: the one rule every feature follows.

@@ -82,6 +82,10 @@ def report(ws: Workspace, name: str) -> str:
         out.append(f"    artifacts:  {', '.join(part.artifacts) or '-'}")
         out.append(f"    installs:   {', '.join(part.installs) or '-'}")
         out.append(f"    requires:   {', '.join(part.requires) or '-'}")
+        if ws.settings.cache is not None:  # the artifact it uses or would pull, and its signer
+            from ..host.cache import buildcache
+
+            out.append(f"    cache:      {buildcache.provenance(ws, part)}")
         for kind in ("build", "install"):
             tid = task_id(kind, part.id)
             out.append(f"    {tid}: {_said(ws, tid)}  (log: {run.shown_path(ws.log(tid))})")

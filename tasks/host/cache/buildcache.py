@@ -17,6 +17,17 @@ whose env holds the workdir or destdir, is not cached.
 stage after checking it against the digest recorded when it was pulled;
 ``share`` pushes a locally staged tree when ``push: true``.
 
+Signatures (issue 21, ``signing``): with ``trust``, a hit is pulled only
+when its manifest digest carries a good signature by an allowed signer
+(``signer_of``); a refusal is one warning naming the part, the digest and
+why, and the part builds locally.  Without it, pulls are as before and the
+workdir is told once (``_unverified``).  With ``sign_key``, ``share`` signs
+the digest of what it pushes, and replaces an artifact of the same key that
+is unsigned or that this run refused.  ``provenance`` is ``show:NAME``'s
+line: the artifact used or about to be pulled, and its signer.  The
+registry client is imported when one is needed: the no-op's build check
+reads ``kept()`` only.
+
 A tree that holds a path of this machine is not pushed (the relocation
 check Spack and Nix make): a build that writes ``$(pwd)`` would give every
 other machine files naming this one's checkout.  Before pushing, every
@@ -32,7 +43,8 @@ The search runs only when an install pushes, never on a no-op.  A cache
 problem never fails a run: an unreachable registry gives one warning per
 run and the run stops asking; a refused artifact gives a warning naming the
 part and the digest; both then build locally.  Nothing here starts a
-process, and no message holds a credential (``oci`` redacts its own).
+process (``signing`` runs ssh-keygen through run.py), and no message holds
+a credential (``oci`` redacts its own) or any of a key but its fingerprint.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ... import git
 from ...action import task_id
@@ -53,7 +66,9 @@ from ...model import Part
 from ...run import say
 from ...state import digest
 from ...workspace import Workspace
-from . import oci
+
+if TYPE_CHECKING:
+    from . import oci
 
 FORMAT = 1
 # $SRC, ${SRC}, ${SRC%/}, ${#SRC}...: any expansion names the path.
@@ -62,17 +77,24 @@ _PREFIX_RE = re.compile(r"\$(?:\{PREFIX\}|PREFIX\b)")
 
 class _Client:
     """What one run keeps of the cache (``session.Run.feature``): its
-    registry client, made on first use, or that it was found unreachable."""
+    registry client, made on first use, or that it was found unreachable;
+    the artifacts (repo, tag) its pulls refused, which a signing push
+    replaces."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.registry: oci.Registry | None = None
         self.off = False
         self.url: str | None = None
+        self.refused: set[tuple[str, str]] = set()
 
 
 def _client(ws: Workspace) -> _Client:
     return ws.run.feature("buildcache", _Client)
+
+
+def refused(ws: Workspace) -> set[tuple[str, str]]:
+    return _client(ws).refused
 
 
 def note(ws: Workspace, tid: str | None, message: str) -> None:
@@ -98,6 +120,8 @@ def warn(message: str, ws: Workspace | None = None, tid: str | None = None) -> N
 def registry(ws: Workspace) -> oci.Registry | None:
     """This run's registry client, or None when there is no cache or it was
     found unreachable (said once)."""
+    from . import oci  # imported here: a build's no-op check (kept()) needs none of it
+
     cache = ws.settings.cache
     if cache is None:
         return None
@@ -282,12 +306,61 @@ def kept(ws: Workspace, part: Part) -> Path:
 
 
 def _where(ws: Workspace, repo: str, tag: str) -> str:
+    from . import oci
+
     host, _ = oci.parse_url(ws.settings.cache.url)
     return f"oci://{host}/{repo}:{tag[:12]}"
 
 
+class Refused(Exception):
+    """A pulled artifact's signature is missing or not good enough (why)."""
+
+
+def _unverified(ws: Workspace, tid: str) -> None:
+    """Say once for the workdir (and again for another cache url) that
+    pulls are not verified: without ``trust`` nothing tells who pushed."""
+    url = ws.settings.cache.url
+    with _client(ws).lock:
+        said = ws.json("build-cache")
+        if said.read().get("unverified") == url:
+            return
+        said.update(unverified=url)
+    note(ws, tid, f"note: artifacts pulled from the build cache {url} are not verified: "
+                  "their digests prove them undamaged, not who pushed them; set "
+                  "settings.cache.trust to an allowed-signers file to require signatures "
+                  "(said once for this workdir)")
+
+
+def signer_of(ws: Workspace, reg: oci.Registry, repo: str, manifest: str) -> dict | None:
+    """Who signed the artifact ``manifest`` (a signer ``trust`` allows), or
+    None without ``trust`` (not verified); ``Refused`` saying why not."""
+    from . import oci
+
+    trust_file = ws.settings.cache.trust
+    if trust_file is None:
+        return None
+    from . import signing  # with trust only: a no-op never needs it
+
+    try:
+        trust = signing.load_trust(trust_file)
+    except signing.TrustError as err:
+        raise Refused(err.message) from None
+    try:
+        found = reg.signature(repo, manifest)
+    except oci.CacheCorrupt as err:
+        raise Refused(f"its signature: {err.message}") from None
+    armored, claimed = found if found else (None, None)
+    verdict = signing.verify(trust, armored, manifest, ws.scratch(), claimed)
+    if verdict.why:
+        raise Refused(verdict.why)
+    return verdict.record()
+
+
 def fetch(ws: Workspace, part: Part, key: dict) -> dict | None:
-    """A hit's record (the tree is in ``kept()``, verified), or None: build locally."""
+    """A hit's record (the tree is in ``kept()``, verified; signed by a
+    signer ``trust`` allows when it is set), or None: build locally."""
+    from . import oci
+
     reg = registry(ws)
     if reg is None:
         return None
@@ -297,6 +370,15 @@ def fetch(ws: Workspace, part: Part, key: dict) -> dict | None:
         repo = reg.repo(part.component)
         manifest = reg.exists(repo, tag)
         if manifest is None:
+            return None
+        try:
+            signer = signer_of(ws, reg, repo, manifest)
+            if signer is None:
+                _unverified(ws, tid)
+        except Refused as err:
+            refused(ws).add((repo, tag))
+            warn(f"{tid}: build cache artifact {repo}:{tag[:12]} ({manifest}) refused: "
+                 f"{err}; building locally", ws, tid)
             return None
         dest = kept(ws, part)
         tmp = dest.with_name(dest.name + ".new")
@@ -320,10 +402,11 @@ def fetch(ws: Workspace, part: Part, key: dict) -> dict | None:
         warn(f"{tid}: build cache: {err.message}; building locally", ws, tid)
         return None
     size = sum(e.get("size", 0) for e in scan(dest, "").values())
+    by = f", signed by {signer['principal']}" if signer else ""
     note(ws, tid, f"{tid}: from cache {_where(ws, repo, tag)} ({size / 1e6:.1f} MB, "
-                  f"{time.monotonic() - started:.1f} s)")
+                  f"{time.monotonic() - started:.1f} s{by})")
     return {"url": ws.settings.cache.url, "repo": repo, "tag": tag, "manifest": manifest,
-            "tree": tree_digest(dest)}
+            "tree": tree_digest(dest), "signer": signer}
 
 
 def restore(ws: Workspace, part: Part, record: dict, stage: Path) -> None:
@@ -350,6 +433,8 @@ def restore(ws: Workspace, part: Part, record: dict, stage: Path) -> None:
 
 def share(ws: Workspace, part: Part, key: dict, stage: Path) -> None:
     """Push a locally staged tree when ``push: true``; a failure is a warning."""
+    from . import oci
+
     cache = ws.settings.cache
     if cache is None or not cache.push:
         return
@@ -378,17 +463,89 @@ def share(ws: Workspace, part: Part, key: dict, stage: Path) -> None:
     }
     source = "" if os.path.isabs(c.git) else c.git  # a path of this machine is no source
     commit = git.head(ws.checkout(part.component)) or ""
+    signed: list[str] = []
+    sign = None
+    if cache.sign_key:
+        from . import signing  # with sign_key only
+
+        def sign(digest: str) -> bytes:
+            armored = signing.sign(cache.sign_key, digest)
+            signed.append(signing.parse_signature(armored).signer())
+            return armored
     try:
         repo = reg.repo(part.component)
-        if reg.exists(repo, tag):
+        there = reg.exists(repo, tag)
+        replace = (repo, tag) in refused(ws)
+        # A signing machine replaces an artifact of this key that is unsigned
+        # or that this run refused: the tree it built is the same one, signed.
+        if there and (sign is None or not replace and reg.signature(repo, there)):
             note(ws, tid, f"{tid}: already in the cache ({_where(ws, repo, tag)})")
             return
         before = reg.uploaded
         reg.push(repo, tag, stage, {"key": key},
-                 oci.annotations_for(part.component, part.id, c.ref, commit, source, summary))
+                 oci.annotations_for(part.component, part.id, c.ref, commit, source, summary),
+                 sign=sign)
+        by = f", signed by {signed[0]}" if signed else ""
         note(ws, tid, f"{tid}: pushed to {_where(ws, repo, tag)} "
-                      f"({reg.uploaded - before} blob(s))")
+                      f"({reg.uploaded - before} blob(s){by})")
     except oci.CacheUnreachable as err:
         _unreachable(ws, err, tid)
     except oci.CacheError as err:
         warn(f"{tid}: build cache: could not push: {err.message}", ws, tid)
+    except StackError as err:  # signing.SigningError: nothing was sent
+        warn(f"{tid}: not pushed to the build cache: {err.message}"
+             + (f" ({err.hint})" if err.hint else ""), ws, tid)
+
+
+def _signed(signer: dict | None) -> str:
+    if not signer:
+        return "not verified (no settings.cache.trust)"
+    return f"signed by {signer['principal']} ({signer['key']})"
+
+
+def provenance(ws: Workspace, part: Part) -> str | None:
+    """What ``show:NAME`` says of the build cache artifact that build:PART
+    uses, or would pull now, and who signed it: from the build's record
+    when it pulled the artifact of the key it has now, else by asking the
+    registry (and checking the signature, as a pull would).  None without
+    a cache."""
+    from . import oci
+
+    cache = ws.settings.cache
+    if cache is None:
+        return None
+    why = not_cached(ws, part)
+    if why:
+        return f"not cached: {why}"
+    from ...checkout import content_of
+
+    try:
+        content = content_of(ws, part.component, ws.source_state(part.component))
+    except (StackError, OSError):
+        return (f"not known before {task_id('patch', part.component)} has run (the key is "
+                "the checkout's content)")
+    key, why = key_for(ws, part, content)
+    if key is None:
+        return f"not cached now: {why}"
+    tid, tag = task_id("build", part.id), oci.tag_for(key)
+    stamp = ws.stamps.read(tid) or {}
+    hit = stamp.get("from_cache")
+    if hit and hit.get("tag") == tag:
+        return f"{_where(ws, hit['repo'], tag)} ({hit['manifest']}), {_signed(hit.get('signer'))}"
+    if not hit and stamp.get("cache_key") and oci.tag_for(stamp["cache_key"]) == tag:
+        return f"built here (key {tag[:12]}), not pulled from the build cache"
+    reg = registry(ws)
+    if reg is None:
+        return f"the build cache {cache.url} cannot be used: {tid} builds here"
+    try:
+        repo = reg.repo(part.component)
+        manifest = reg.exists(repo, tag)
+        if manifest is None:
+            return f"no artifact of key {tag[:12]} in {cache.url}: {tid} builds here"
+        where = f"{_where(ws, repo, tag)} ({manifest})"
+        try:
+            return f"would pull {where}, {_signed(signer_of(ws, reg, repo, manifest))}"
+        except Refused as err:
+            return f"{where} would be refused: {err}; {tid} builds here"
+    except oci.CacheError as err:
+        return f"the build cache cannot be asked: {err.message}"
