@@ -339,6 +339,11 @@ def test_a_key_removed_from_the_allowed_signers_is_refused(tmp_path, up, registr
     assert sorted(found) == sorted(PARTS)
     assert "which is not an allowed signer" in found["alpha"]
     assert fingerprint(keys["alice"]) in found["alpha"]
+    # on B, forgetting the builds checks again what came from the cache (docs/cache.md)
+    b.doit("forget", "build")
+    res = b.doit()
+    assert sorted(refusals(res)) == sorted(PARTS)
+    assert (b.src("alpha") / "bin/alpha").exists()
 
 
 @needs_registry
@@ -574,6 +579,11 @@ def test_sign_then_verify(tmp_path, keys):
     assert "does not verify" in signing.verify(trust, armored, other, scratch).why
     assert signing.verify(trust, None, digest, scratch).why.startswith("unsigned")
     assert list(scratch.iterdir()) == []  # its files are removed
+    # a line may allow the key for several principals: the first one is named
+    several = trust_file(tmp_path / "several",
+                         f"alice@example.com,*@ci.example.com {public(keys['alice'])}")
+    good = signing.verify(signing.load_trust(several), armored, digest, scratch)
+    assert good.why is None and good.principal == "alice@example.com"
 
 
 @needs_ssh

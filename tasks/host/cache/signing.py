@@ -220,7 +220,8 @@ def _verify(files: dict[str, Path], revoked: bool, sig: Signature, digest: str,
     who = sig.signer()
     found = _ssh_keygen(["-Y", "find-principals", "-s", str(files["sig"]),
                          "-f", str(files["allowed"])])
-    principals = found.out.split() if found.ok else []
+    # one principal a line: a line of the file may list several
+    principals = [li.strip() for li in found.out.splitlines() if li.strip()] if found.ok else []
     if not principals:
         return Verdict(f"signed by {who}, which is not an allowed signer in {trust.path}",
                        signer=who)
