@@ -40,6 +40,7 @@ import sh
 
 from . import session
 from .errors import CommandFailed, StackError
+from .procfs import cmdline, group_members, proc_stat, start_ticks  # noqa: F401 - run.proc_stat
 
 TAIL_LINES = 25
 # One writer at a time on this process's stderr, whichever run it is for.
@@ -479,44 +480,27 @@ def start(argv: list[str], *, log: Path, sudo: bool = False,
         out.write(f"### {time.strftime('%Y-%m-%d %H:%M:%S')} $ {shlex.join(argv)}\n".encode())
         out.flush()
         try:
-            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=devnull,
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=devnull,
                                     start_new_session=True)
         except FileNotFoundError:
             raise ProgramMissing(f"{argv[0]}: command not found",
                                  hint=f"install {argv[0]} (doit install), and make sure the "
                                       "folder it is installed in is on PATH") from None
+    current = session.current()
+    if current is not None:
+        current.on_close(lambda: _let_go(proc))
+    return proc
+
+
+def _let_go(proc: subprocess.Popen) -> None:
+    """The run ends and ``proc`` runs on, as meant: its exit status is no
+    longer this process's to wait for (nor to warn about when it goes)."""
+    if proc.poll() is None:
+        proc._child_created = False  # what Popen.__del__ asks; there is no public way
 
 
 # --------------------------------------------------------------------------
-# Processes: looking at them and stopping them
-
-
-def proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state letter, start time in clock ticks) of a process, or None if it
-    is gone: the start time tells a process from a later one with its pid."""
-    fields = _stat_fields(str(pid))
-    return (fields[0], fields[19]) if len(fields) > 19 else None
-
-
-def _stat_fields(pid: str) -> list[str]:
-    """/proc/PID/stat after the command name ([] if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
-
-
-def start_ticks(pid: int) -> str | None:
-    st = proc_stat(pid)
-    return st[1] if st else None
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
+# Processes: stopping them (tasks/procfs.py reads what they are)
 
 
 def stop(send: Callable[[signal.Signals], bool], gone: Callable[[], bool],
@@ -566,16 +550,7 @@ def group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return any(st is not None and st[0] not in "ZX" for st in _group_members(pgid))
-
-
-def _group_members(pgid: int):
-    """The /proc/PID/stat state of every process in group ``pgid``."""
-    with os.scandir("/proc") as entries:
-        names = [e.name for e in entries if e.name.isdigit()]
-    for fields in map(_stat_fields, names):
-        if len(fields) > 2 and fields[2] == str(pgid):
-            yield (fields[0], fields[19] if len(fields) > 19 else "")
+    return any(st is not None and st[0] not in "ZX" for st in group_members(pgid))
 
 
 def stop_group(pgid: int, grace: float = 5) -> bool:

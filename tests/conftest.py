@@ -10,9 +10,11 @@ test's ``tmp_path``; installs are staged under ``tmp_path/stage``.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -246,23 +248,31 @@ class Project:
         self.stack_file.write_text(text.replace(old, new, 1))
 
     def argv(self, *args: str) -> list[str]:
-        """The doit command line for this project's stack."""
-        return [sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"),
-                f"stack={self.stack_file}", *args]
+        """The command line of the tool for this project's stack (``python -m
+        tasks``, as ./stack.sh runs it), for runs in a process of their own."""
+        return [sys.executable, "-m", "tasks", f"stack={self.stack_file}", *args]
 
     def start(self, *args: str, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
               env: dict | None = None) -> subprocess.Popen:
-        """doit in the background (for interrupting it)."""
+        """doit in the background, in a process of its own (to interrupt it)."""
         return subprocess.Popen(self.argv(*args), cwd=self.root, stdout=stdout, stderr=stderr,
                                 text=True, env={**os.environ, **(env or {})})
 
     def doit(self, *args: str, expect: int | None = 0, env: dict | None = None,
-             timeout: float = 120) -> Result:
-        result = subprocess.run(self.argv(*args), capture_output=True, text=True, cwd=self.root,
-                                env={**os.environ, **(env or {})}, timeout=timeout,
-                                errors="replace")
-        res = Result(result.returncode, result.stdout, result.stderr)
-        for line in result.stdout.splitlines() + result.stderr.splitlines():
+             timeout: float = 120, process: bool = False) -> Result:
+        """Run the tool on this project's stack: in this process (the entry
+        point ``python -m tasks`` calls, ``tasks.loader.main``), or with
+        ``process`` (or an ``argv`` of the test's own) in a process of its own."""
+        if process or "argv" in self.__dict__:
+            done = subprocess.run(self.argv(*args), capture_output=True, text=True,
+                                  cwd=self.root, env={**os.environ, **(env or {})},
+                                  timeout=timeout, errors="replace")
+            code, out, err = done.returncode, done.stdout, done.stderr
+        else:
+            code, out, err = in_process([f"stack={self.stack_file}", *args], cwd=self.root,
+                                        env=env, timeout=timeout)
+        res = Result(code, out, err)
+        for line in out.splitlines() + err.splitlines():
             m = re.match(r"^(\.  |-- )(\S+)$", line)
             if m:
                 (res.ran if m.group(1) == ".  " else res.uptodate).append(m.group(2))
@@ -271,6 +281,57 @@ class Project:
                 f"doit {' '.join(args)} exited {res.code}, expected {expect}\n"
                 f"--- stdout\n{res.out}\n--- stderr\n{res.err}")
         return res
+
+
+class _TimedOut(BaseException):
+    """An in-process run took longer than its timeout (a BaseException, so
+    that doit's own ``except Exception`` lets it through)."""
+
+
+def in_process(args: list[str], cwd: Path, env: dict | None = None,
+               timeout: float = 120) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``python -m tasks ARGS`` run in this
+    process from ``cwd`` with ``env`` added to the environment.  What a run
+    may change for the whole process is put back after it: the working
+    folder, the environment, the umask, the signal handlers, sys.excepthook,
+    sys.stdout and sys.stderr (a run's own state lives in its ``Run``)."""
+    from tasks.loader import main
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    mask = os.umask(0o022)
+    os.umask(mask)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT,
+                                                       signal.SIGALRM)}
+    hook = sys.excepthook
+    out, err = io.StringIO(), io.StringIO()
+
+    def expired(signum, frame):
+        raise _TimedOut()
+
+    os.environ.update(env or {})
+    os.chdir(cwd)
+    signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+    except _TimedOut:
+        raise AssertionError(f"doit {' '.join(args)} still ran after {timeout} s\n"
+                             f"--- stdout\n{out.getvalue()}\n--- stderr\n{err.getvalue()}"
+                             ) from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        sys.excepthook = hook
+        os.umask(mask)
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return code, out.getvalue(), err.getvalue()
 
 
 ALPHA = """\

@@ -32,7 +32,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ... import run
+from ... import run, session
 from ...errors import StackError
 from ...spec import signers
 from .oci import signature_tag
@@ -134,17 +134,17 @@ class Trust:
         return None
 
 
-_trusts: dict[tuple, Trust] = {}
-
-
 def load_trust(path: Path) -> Trust:
-    """The trust file, parsed (again when it changed); ``TrustError`` naming
+    """The trust file, parsed (again when it changed; once per run, which
+    keeps what it parsed: ``session.Run.feature``); ``TrustError`` naming
     its first bad line."""
+    current = session.current()
+    trusts = current.feature("trusts", dict) if current is not None else {}
     try:
         st = os.stat(path)
         seen = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
-        if seen in _trusts:
-            return _trusts[seen]
+        if seen in trusts:
+            return trusts[seen]
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
@@ -153,7 +153,7 @@ def load_trust(path: Path) -> Trust:
     if problems:
         line, why = problems[0]
         raise TrustError(f"the trust file {path}:{line}: {why}")
-    trust = _trusts[seen] = Trust(Path(path), tuple(found))
+    trust = trusts[seen] = Trust(Path(path), tuple(found))
     return trust
 
 
