@@ -82,6 +82,13 @@ def task_stop_pod(ws):
     return pod.stop_task(ws)
 
 
+def task_smoke(ws):
+    """The stack's end-to-end check (stack.yaml's smoke section); reruns when its inputs change."""
+    from tasks.steps import smoke
+
+    return smoke.task(ws, boot=image.boot, pod=(pod.run_pod, pod.stop_pod))
+
+
 def task_status(ws):
     """Per component: ref, commit, patches, edits, built, installed; what plain doit would run."""
     from tasks.steps import status

@@ -180,6 +180,21 @@ class Debug:
 
 
 @dataclass(frozen=True)
+class SmokeCommand:
+    run: str  # a shell command, run with the installed stack first on PATH
+    expect: tuple[str, ...] = ()  # each must appear in its output
+
+
+@dataclass(frozen=True)
+class Smoke:
+    """``smoke``: the stack's own end-to-end check (tasks/steps/smoke.py)."""
+    image_boot: bool = False
+    run_pod: tuple[str, ...] | None = None  # what the pod's `ip addr` must show; None: no pod
+    commands: tuple[SmokeCommand, ...] = ()
+    timeout: int = 600  # seconds, for each check
+
+
+@dataclass(frozen=True)
 class Stack:
     path: Path
     settings: Settings
@@ -189,6 +204,8 @@ class Stack:
     pod: Pod | None = None
     debug: Debug = Debug(False, False)
     project: Path | None = None  # this tool's folder (templates in configs/)
+    smoke: Smoke | None = None
+    lock: Path | None = None  # another stack.lock than the one beside the file (bisect)
 
     @property
     def dir(self) -> Path:
@@ -196,7 +213,10 @@ class Stack:
 
     @property
     def lock_path(self) -> Path:
-        """``stack.lock`` beside ``stack.yaml``; never the stack file itself."""
+        """``stack.lock`` beside ``stack.yaml``; never the stack file itself.
+        A bisect's workspace (tasks/steps/bisect.py) has a lock of its own."""
+        if self.lock is not None:
+            return self.lock
         path = self.path.with_suffix(".lock")
         return path if path != self.path else self.path.with_name(self.path.name + ".lock")
 

@@ -25,6 +25,7 @@ from .schema import (
     ImageFile,
     PodFile,
     SettingsFile,
+    SmokeFile,
     StackFile,
 )
 
@@ -100,9 +101,10 @@ def _valid_parts(data: dict):
 
 
 def _valid_sections(data: dict) -> StackFile:
-    """The image, configs, pod and debug sections that validate on their own."""
+    """The image, configs, pod, debug and smoke sections that validate on their own."""
     out = {}
-    for key, model in (("image", ImageFile), ("pod", PodFile), ("debug", DebugFile)):
+    for key, model in (("image", ImageFile), ("pod", PodFile), ("debug", DebugFile),
+                       ("smoke", SmokeFile)):
         try:
             if data.get(key) is not None:
                 out[key] = model.model_validate(data[key])
@@ -117,4 +119,5 @@ def _valid_sections(data: dict) -> StackFile:
                 pass
     return StackFile.model_construct(version=1, settings=SettingsFile(), components={},
                                      image=out.get("image"), configs=configs,
-                                     pod=out.get("pod"), debug=out.get("debug", DebugFile()))
+                                     pod=out.get("pod"), debug=out.get("debug", DebugFile()),
+                                     smoke=out.get("smoke"))

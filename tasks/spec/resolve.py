@@ -22,6 +22,8 @@ from ..model import (
     Patch,
     Pod,
     Settings,
+    Smoke,
+    SmokeCommand,
     Stack,
     split_cache_url,
     variables_in,
@@ -393,8 +395,28 @@ def resolve_sections(stack: Stack, f: StackFile, names: set[str], project: Path 
                             problems),
                   p.crio_args, p.ping, p.socket, p.start_timeout)
     debug = Debug(f.debug.qemu_log, f.debug.agent_debug_console)
+    smoke = _smoke(f, problems)
     return Stack(path=stack.path, settings=stack.settings, components=stack.components,
-                 image=image, configs=configs, pod=pod, debug=debug, project=project)
+                 image=image, configs=configs, pod=pod, debug=debug, project=project,
+                 smoke=smoke)
+
+
+def _smoke(f: StackFile, problems: Problems) -> Smoke | None:
+    """``smoke``: what it boots or runs must exist in the file, and it must
+    check something."""
+    s = f.smoke
+    if s is None:
+        return None
+    if s.image_boot and f.image is None:
+        problems.add(("smoke", "image_boot"), "there is no 'image' section to boot")
+    if s.run_pod is not None and f.pod is None:
+        problems.add(("smoke", "run_pod"), "there is no 'pod' section to run")
+    if not s.image_boot and s.run_pod is None and not s.commands:
+        problems.add(("smoke",), "nothing to check: give image_boot: true, run_pod or commands")
+    return Smoke(image_boot=s.image_boot,
+                 run_pod=None if s.run_pod is None else tuple(s.run_pod.expect),
+                 commands=tuple(SmokeCommand(c.run, tuple(c.expect)) for c in s.commands),
+                 timeout=s.timeout)
 
 
 def _template(base: Path, project: Path | None, value: str, loc, problems: Problems) -> Path:

@@ -156,6 +156,42 @@ class PodFile(_Strict):
     start_timeout: int = Field(60, gt=0)
 
 
+def _smoke_command(value):
+    """``- make check`` means ``- {run: make check}``."""
+    if isinstance(value, str):
+        return {"run": value}
+    return value
+
+
+def _pod_check(value):
+    """``run_pod: true`` means ``run_pod: {}``; false drops it."""
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    return value
+
+
+Expect = Annotated[tuple[Annotated[str, Field(min_length=1)], ...], BeforeValidator(_as_list)]
+
+
+class SmokeCommandFile(_Strict):
+    run: str = Field(min_length=1)
+    expect: Expect = ()
+
+
+class SmokePodFile(_Strict):
+    expect: Expect = ()  # what the container's `ip addr show` must print
+
+
+class SmokeFile(_Strict):
+    """``smoke``: the stack's end-to-end check (``doit smoke``)."""
+    image_boot: bool = False
+    run_pod: Annotated[SmokePodFile | None, BeforeValidator(_pod_check)] = None
+    commands: tuple[Annotated[SmokeCommandFile, BeforeValidator(_smoke_command)], ...] = ()
+    timeout: int = Field(600, gt=0)
+
+
 class DebugFile(_Strict):
     qemu_log: bool = False
     agent_debug_console: bool = False
@@ -169,6 +205,7 @@ class StackFile(_Strict):
     configs: dict[str, ConfigFile] = {}
     pod: PodFile | None = None
     debug: DebugFile = DebugFile()
+    smoke: SmokeFile | None = None
 
 
 def got(value) -> str:

@@ -260,6 +260,12 @@ def _boot(ws: Workspace, accel: str, timeout: str | None) -> None:
     say(f"  {BOOT}: passed: {verdict.why}\n{verdict.last_lines}")
 
 
+def boot(ws: Workspace, timeout: str | None = None) -> None:
+    """Boot the image once, as image_boot does: the smoke's image_boot check
+    (dodo.py hands it to tasks/steps/smoke.py)."""
+    _boot(ws, str(ws.run.var("accel") or "auto"), timeout)
+
+
 def tasks(ws: Workspace):
     """The ``image`` task (one that says there is nothing to build when
     stack.yaml has no image section: plain doit does not run it then)."""

@@ -12,6 +12,8 @@ patch step will do about them when it runs.
 
 from __future__ import annotations
 
+import time
+
 from .. import git, loader, plan
 from ..action import Report, task_id
 from ..errors import StackError
@@ -138,11 +140,36 @@ def lines(ws: Workspace, notes: list[str] | None = None) -> list[str]:
     return out
 
 
+def smoke_lines(ws: Workspace) -> list[str]:
+    """The last smoke's result (``state/smoke.json``, written by
+    steps/smoke.py) and whether ``doit smoke`` would run it again."""
+    if ws.stack.smoke is None:
+        return []
+    record = ws.json("smoke").read()
+    verdict = _verdict(ws, task_id("smoke"))
+    if not record:
+        return ["smoke: never ran (doit smoke runs it)"]
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.get("when", 0)))
+    took = f"{record.get('seconds', 0)} s"
+    if record.get("passed"):
+        now = "up to date" if verdict is None or not verdict.runs else \
+            f"doit smoke would run it again: {verdict.why}"
+        out = [f"smoke: passed {when} ({took}); {now}"]
+    else:
+        out = [f"smoke: FAILED {when} ({took}); doit smoke runs it again"]
+        out += [f"  {c.get('check')}: {c.get('why')}" for c in record.get("checks", [])
+                if isinstance(c, dict) and not c.get("passed")]
+    return out + [f"  transcript: {record.get('log')}"]
+
+
 def report(ws: Workspace) -> str:
     notes: list[str] = []
     out = lines(ws, notes)
     if notes:
         out += [""] + notes
+    extra = smoke_lines(ws)
+    if extra:
+        out += [""] + extra
     todo = plan.would_run(plan.planner(ws.run), default_groups(ws))
     out.append("")
     will = sum(1 for _, v in todo if v.will)
