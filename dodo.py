@@ -89,6 +89,16 @@ def task_smoke(ws):
     return smoke.task(ws, boot=image.boot, pod=(pod.run_pod, pod.stop_pod))
 
 
+def task_bisect(ws):
+    """bisect:NAME good=REF bad=REF [test=smoke|image_boot|CMD]: the commit that broke the stack."""
+    # Made only when asked for (or listed): its module stays out of other runs.
+    if ws.run.command == "run" and not any(t.split(":", 1)[0] == "bisect" for t in ws.requested):
+        return
+    from tasks.steps import bisect
+
+    yield from bisect.tasks(ws)
+
+
 def task_status(ws):
     """Per component: ref, commit, patches, edits, built, installed; what plain doit would run."""
     from tasks.steps import status

@@ -519,3 +519,47 @@ def try_patch(tree: Path, data: bytes, tmp: Path) -> tuple[str, str]:
         return "conflict", ", ".join(f"{path} (hunk at line {line})" for path, line in failed)
     lines = first.err.strip().splitlines()
     return "conflict", lines[-1] if lines else ""
+
+
+# --------------------------------------------------------------------------
+# Bisecting a component (bisect:NAME), in repositories of its own
+
+
+def borrowing_repo(dest: Path, source: Path) -> None:
+    """An empty repository in ``dest`` that reads the objects of the
+    repository ``source`` (git's alternates, and its shallow boundary if it
+    has one): a checkout for a bisect's workspace, made without copying or
+    fetching anything.  ``source`` is only read."""
+    objects = text(source, "rev-parse", "--path-format=absolute", "--git-path", "objects")
+    query(None, "init", "-q", str(dest))
+    (dest / ".git" / "objects" / "info" / "alternates").write_text(objects + "\n")
+    shallow = Path(text(source, "rev-parse", "--path-format=absolute", "--git-path", "shallow"))
+    if shallow.is_file():
+        (dest / ".git" / "shallow").write_bytes(shallow.read_bytes())
+
+
+def is_ancestor(repo: Path, older: str, newer: str) -> bool:
+    return query(repo, "merge-base", "--is-ancestor", older, newer, check=False).ok
+
+
+def bisect_order(repo: Path, bad: str, goods: list[str]) -> list[str]:
+    """The commits ``bad`` holds and no good one does (``bad`` itself
+    included), the best to test first: those that halve the rest most
+    evenly (``git rev-list --bisect-all``)."""
+    out = text(repo, "rev-list", "--bisect-all", bad, "--not", *goods)
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    commit: str
+    subject: str
+    author: str  # "Name <email>"
+    date: str  # the author date, YYYY-MM-DD
+
+
+def commit_info(repo: Path, commit: str) -> CommitInfo:
+    out = text(repo, "log", "-1", "--date=short", "--format=%H%x00%s%x00%an <%ae>%x00%ad",
+               commit)
+    full, subject, author, date = (out.split("\0") + ["", "", ""])[:4]
+    return CommitInfo(full, subject, author, date)

@@ -63,8 +63,12 @@ VARIABLES = {
     "stack": "the stack file (default: stack.yaml beside dodo.py)",
     "force": "config:NAME force=1 overwrites a hand-edited file, saving it first",
     "accel": "image_boot accel=auto|kvm|tcg",
-    "timeout": "image_boot timeout=SECONDS",
+    "timeout": "image_boot, smoke and bisect:NAME timeout=SECONDS: a check's time limit",
     "ref": "try:NAME ref=REF: the candidate version to try the patch series against",
+    "good": "bisect:NAME good=REF: a commit of NAME that works",
+    "bad": "bisect:NAME bad=REF: a later commit of NAME that does not",
+    "test": "bisect:NAME test=smoke|image_boot|CMD: what tells good from bad (default: smoke)",
+    "abort": "bisect:NAME abort=1 drops the bisect under way and its workspace",
 }
 
 # doit's database under the workdir, one file per backend: ``doit --backend

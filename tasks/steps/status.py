@@ -17,6 +17,7 @@ import time
 from .. import git, loader, plan
 from ..action import Report, task_id
 from ..errors import StackError
+from ..state import JsonFile
 from ..workspace import Workspace
 
 
@@ -162,12 +163,26 @@ def smoke_lines(ws: Workspace) -> list[str]:
     return out + [f"  transcript: {record.get('log')}"]
 
 
+def bisect_lines(ws: Workspace) -> list[str]:
+    """A bisect left unfinished (``<workdir>/bisect/NAME/bisect.json``,
+    written by steps/bisect.py): how to resume it or drop it."""
+    out = []
+    for name in ws.stack.components:
+        record = JsonFile(ws.workdir / "bisect" / name / "bisect.json").read()
+        if not record or record.get("result"):
+            continue
+        out.append(f"bisect:{name}: under way, {len(record.get('steps', []))} step(s) done "
+                   f"(good={record.get('good_ref')} bad={record.get('bad_ref')}): "
+                   f"doit bisect:{name} resumes it, doit bisect:{name} abort=1 drops it")
+    return out
+
+
 def report(ws: Workspace) -> str:
     notes: list[str] = []
     out = lines(ws, notes)
     if notes:
         out += [""] + notes
-    extra = smoke_lines(ws)
+    extra = smoke_lines(ws) + bisect_lines(ws)
     if extra:
         out += [""] + extra
     todo = plan.would_run(plan.planner(ws.run), default_groups(ws))
