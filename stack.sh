@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up kata-passt-stack (once: a virtualenv in .venv with its Python
-# dependencies) and run doit on the stack: ./stack.sh [doit arguments...]
+# dependencies) and run doit on the stack, from any folder, through the
+# tool's own entry point (python -m tasks): ./stack.sh [doit arguments...]
 #   ./stack.sh                 fetch, patch, build and install what is stale
 #   ./stack.sh list            every task
 #   ./stack.sh stack=my.yaml   another stack file
@@ -8,7 +9,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 case "${1:-}" in -h|--help)
     cat <<'EOF'
-usage: ./stack.sh [NAME=VALUE...] [doit options] [command or tasks...]   (doit in .venv)
+usage: ./stack.sh [NAME=VALUE...] [doit options] [command or tasks...]   (python -m tasks)
 
   ./stack.sh                  build and install what is stale (check, fetch, patch,
                               build, install, image, config)

@@ -141,6 +141,14 @@ class Prefetch:
             self._pending[name] = (self._generation.get(name, 0), future)
         self._pool.shutdown(wait=False)
 
+    def close(self) -> None:
+        """Wait for the scans still going (the run ends: no thread of it
+        outlives it)."""
+        with self._lock:
+            pool = self._pool
+        if pool is not None:
+            pool.shutdown(wait=True)
+
 
 def content(path: Path, state: dict, outputs: set[str]) -> dict:
     """What a checkout's files hold, whatever commit they sit on: the tree

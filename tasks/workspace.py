@@ -39,7 +39,8 @@ class Workspace:
         self.stamps = Stamps(self.state / "stamps")
         self.lockfile = LockFile(stack.lock_path, stack.path.name)
         self.trees = Trees(self.state / "trees.json")
-        self.prefetch = Prefetch({n: self.checkout(n) for n in stack.components}, self.hashes)
+        self.prefetch = self.run.on_close(
+            Prefetch({n: self.checkout(n) for n in stack.components}, self.hashes))
         self.started = time.time()
         self._caches: dict[str, HashCache] = {}
         self._outputs_lock = threading.Lock()
