@@ -532,10 +532,23 @@ def borrowing_repo(dest: Path, source: Path) -> None:
     fetching anything.  ``source`` is only read."""
     objects = text(source, "rev-parse", "--path-format=absolute", "--git-path", "objects")
     query(None, "init", "-q", str(dest))
-    (dest / ".git" / "objects" / "info" / "alternates").write_text(objects + "\n")
     shallow = Path(text(source, "rev-parse", "--path-format=absolute", "--git-path", "shallow"))
     if shallow.is_file():
         (dest / ".git" / "shallow").write_bytes(shallow.read_bytes())
+    # last: a repository without it was cut short (see borrows())
+    (dest / ".git" / "objects" / "info" / "alternates").write_text(objects + "\n")
+
+
+def borrows(repo: Path) -> bool:
+    """Whether ``borrowing_repo`` finished making ``repo``."""
+    return (repo / ".git" / "objects" / "info" / "alternates").is_file()
+
+
+def hold(repo: Path, name: str, commit: str) -> None:
+    """Keep ``commit`` (and what it holds) on ``refs/remotes/NAME``: the patch
+    step then sees a checkout left at one of those commits as kept, not as
+    someone's work it must not move away from (``LocalCommits.kept``)."""
+    query(repo, "update-ref", f"refs/remotes/{name}", commit)
 
 
 def is_ancestor(repo: Path, older: str, newer: str) -> bool:

@@ -397,3 +397,12 @@ def test_a_bisect_starts_over_when_the_stack_changed(project):
     assert "the stack changed since this bisect started" in res.err and "starting over" in res.err
     assert builds(project) > built  # built again, with the new alpha
     assert f"the first bad commit is {c[11]}" in res.err
+
+
+def test_a_step_after_skips_moves_back_to_older_commits(project):
+    """After commits whose series did not apply, the checkout stands at one
+    of them, unpatched; the next, older, candidate must still be tested."""
+    c = setup(project, bad=3, notes_v2=set(range(8, N)))
+    res = bisect(project, f"good={c[0]}", f"bad={c[N]}", f"test={TEST}")
+    assert f"the first bad commit is {c[3]}" in res.err
+    assert {v for k, v in verdicts(project).items() if c.index(k) < 8} <= {"good", "bad"}

@@ -241,7 +241,9 @@ class Bisect:
         """The bisect's checkouts: repositories reading the user's objects."""
         for other in self.ws.stack.components.values():
             mine, theirs = self.place.checkout(other.name), self.ws.checkout(other.name)
-            if not git.is_repo(mine) and git.is_repo(theirs):
+            if git.is_repo(theirs) and not git.borrows(mine):
+                if mine.exists():  # made by a bisect killed half-way, or fetched before
+                    shutil.rmtree(mine)
                 mine.parent.mkdir(parents=True, exist_ok=True)
                 git.borrowing_repo(mine, theirs)
 
@@ -275,6 +277,10 @@ class Bisect:
                                   f"{name}, then bisect")
         record = self.session()
         self.prepare()
+        # Every candidate is held by the bad end: a step that leaves the
+        # checkout at a commit whose series did not apply is then no
+        # obstacle to the next step's move.
+        git.hold(self.repo, "kps-bisect/bad", record["bad"])
         smoke = smoke_for(ws, record["test"])
         locked = locked_others(ws, self.c)
         context = self.context(smoke, locked)
