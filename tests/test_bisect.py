@@ -406,3 +406,9 @@ def test_a_step_after_skips_moves_back_to_older_commits(project):
     res = bisect(project, f"good={c[0]}", f"bad={c[N]}", f"test={TEST}")
     assert f"the first bad commit is {c[3]}" in res.err
     assert {v for k, v in verdicts(project).items() if c.index(k) < 8} <= {"good", "bad"}
+
+
+def test_the_image_boot_test_needs_an_image_section(project):
+    c = setup(project)
+    res = bisect(project, f"good={c[0]}", f"bad={c[N]}", "test=image_boot", expect=1)
+    assert "test=image_boot: stack.yaml has no 'image' section to boot" in res.text
