@@ -38,5 +38,6 @@ if [ ! -x "$venv/bin/doit" ] || [ "$here/pyproject.toml" -nt "$venv/.kps-install
     touch "$venv/.kps-installed"
 fi
 # doit with this tool's loader, commands and backends (pyproject.toml's
-# [tool.doit], read by tasks/loader.py), whatever folder this runs from.
-exec "$venv/bin/python" -m tasks "$@"
+# [tool.doit], read by tasks/loader.py), whatever folder this runs from (-P:
+# a tasks/ folder where it runs is not ours).
+exec "$venv/bin/python" -P -m tasks "$@"

@@ -275,3 +275,12 @@ def test_every_way_in_takes_the_same_path(ab, ways):
     code, out, err = _run(ways["doit -f"], "stak=x.yaml")
     assert code == 3 and "did you mean 'stack'?" in err, err
     assert sorted(os.listdir(ROOT)) == top  # nothing written where doit ran
+
+
+def test_stack_sh_runs_ours_from_a_folder_with_a_tasks_package_of_its_own(ab, ways):
+    """./stack.sh from a folder holding a ``tasks`` package (a playbook's,
+    say) runs this tool, not that package."""
+    write(ab.root / "tasks/__init__.py", "")
+    write(ab.root / "tasks/__main__.py", "print('not kata-passt-stack')\n")
+    code, out, err = _run(ways["stack.sh"], "list")
+    assert code == 0 and "not kata-passt-stack" not in out and "build " in out, out + err
