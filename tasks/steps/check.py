@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 from .. import catalog
 from ..action import Done, step, task_id
@@ -43,11 +44,12 @@ from ..errors import StackError
 from ..host import runtime
 from ..host.pod import podhints
 from ..host.prereqs import probe
-from ..host.prereqs.fixes import fixes
-from ..host.prereqs.probe import Found
 from ..run import is_root, say
 from ..state import Check, digest, in_words
 from ..workspace import Workspace
+
+if TYPE_CHECKING:
+    from ..host.prereqs.probe import Found
 
 TASK = task_id("check")
 POD_NEEDS = ("runc", "conmon", "kvm", "vhost-vsock", "virtiofsd")
@@ -386,6 +388,8 @@ def _sudo() -> str:
 
 
 def _fix_lines(r: Result, indent: str) -> list[str]:
+    from ..host.prereqs.fixes import fixes  # only a failed check says how to fix
+
     rows = fixes(r.need.prereq, r.need.range, r.need.environ(), _sudo())
     width = max((len(w) for w, _ in rows), default=0) + 1
     return [f"{indent}{(w + ':').ljust(width)} {cmd}" for w, cmd in rows]

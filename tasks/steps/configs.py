@@ -27,8 +27,6 @@ from pathlib import Path
 from ..action import installs_of, step, task_id
 from ..errors import ConfigError, StackError
 from ..host import runtime
-from ..host.configs.confwrite import install_text
-from ..host.configs.docedit import EditError, render
 from ..model import VAR_RE as _VAR_RE
 from ..model import WRAPPER, Config, variables_in
 from ..run import say
@@ -192,6 +190,9 @@ def _config_uptodate(ws: Workspace, cfg: Config) -> Check:
 
 
 def _write_config(ws: Workspace, cfg: Config, force: bool) -> dict:
+    # The editors only when a config is written: a no-op does not import them.
+    from ..host.configs.docedit import EditError, render
+
     tid = task_id("config", cfg.name)
     values = Values(ws)
     try:
@@ -220,6 +221,13 @@ def _write_config(ws: Workspace, cfg: Config, force: bool) -> dict:
 # Variables whose values are run-time paths, and whether each is a program
 # (${image.initrd} is the image this tool just built: always there).
 RUNTIME_PATHS = {"qemu.path": True, "detect.virtiofsd": True, "image.kernel": False}
+
+
+def install_text(*args, **kwargs) -> None:
+    """host/configs/confwrite.py's install_text, imported when a file is written."""
+    from ..host.configs.confwrite import install_text
+
+    install_text(*args, **kwargs)
 
 
 def missing_paths(ws: Workspace, values: Values) -> list[str]:

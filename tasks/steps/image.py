@@ -35,8 +35,6 @@ from .. import run
 from ..action import Done, installs_of, step, task_id
 from ..checkout import content_of, installed_of, recording_outputs, source_check
 from ..errors import StackError
-from ..host import runtime
-from ..host.image import imagefile, qemuboot
 from ..run import say, tail
 from ..state import Check
 from ..workspace import Workspace
@@ -183,6 +181,7 @@ def _build(ws: Workspace) -> dict:
 def _accept(ws: Workspace, partial: Path, log: Path) -> list[str]:
     """Read and check the image mbuto wrote; the programs it holds.  An
     image that cannot boot is refused (and removed: the old one stays)."""
+    from ..host.image import imagefile  # the image reader only when an image was built
     try:
         image = imagefile.load(partial)
         found = imagefile.problems(image, agent_path(ws), ws.settings.destdir)
@@ -210,6 +209,10 @@ def _accept(ws: Workspace, partial: Path, log: Path) -> list[str]:
 
 
 def _boot(ws: Workspace, accel: str, timeout: str | None) -> None:
+    # Only a boot needs these: a no-op does not pay for their import.
+    from ..host import runtime
+    from ..host.image import imagefile, qemuboot
+
     if accel not in qemuboot.ACCELS:
         raise StackError(f"accel={accel}: use one of {', '.join(qemuboot.ACCELS)}")
     limit_all = int(timeout) if str(timeout or "").isdigit() else qemuboot.BOOT_TIMEOUT

@@ -26,15 +26,17 @@ import json
 import os
 import shlex
 import time
+from typing import TYPE_CHECKING
 
 from .. import run
 from ..action import installs_of, step, task_id
 from ..errors import CommandFailed, StackError
-from ..host.pod import crio, podhints
-from ..host.pod.crictl import Crictl, Shell, netns_path
-from ..host.pod.podfiles import LABEL, diagnostics, pod_state, render
+from ..host.pod import podhints  # run_deps, a task creator, asks it
 from ..state import JsonFile
 from ..workspace import Workspace
+
+if TYPE_CHECKING:
+    from ..host.pod.crictl import Crictl, Shell
 
 PING_RANGE = "0 2147483647"
 NETNS_DIRS = ("/var/run/netns", "/run/netns")  # where `ip netns exec NAME` looks
@@ -47,6 +49,8 @@ NETNS_DIRS = ("/var/run/netns", "/run/netns")  # where `ip netns exec NAME` look
 def _remove_earlier(cri: Crictl, state: JsonFile) -> None:
     """Stop and remove every pod of ours: the recorded one, and any carrying
     our label (a state file lost, or another workdir's pod)."""
+    from ..host.pod.podfiles import LABEL
+
     recorded = state.read().get("pod_id")
     existing = set(cri.pods())
     targets = cri.pods("--label", f"{LABEL[0]}={LABEL[1]}")
@@ -121,6 +125,11 @@ def _preflight(ws: Workspace, shell: Shell) -> None:
 
 
 def run_pod(ws: Workspace) -> None:
+    # The pod's host modules only when a pod is run or stopped, not on a no-op.
+    from ..host.pod import crio
+    from ..host.pod.crictl import Crictl, Shell
+    from ..host.pod.podfiles import diagnostics, pod_state, render
+
     pod = ws.stack.pod
     shell = Shell(ws, "run_pod")
     state = pod_state(ws)
@@ -180,6 +189,8 @@ def run_pod(ws: Workspace) -> None:
 def _ping(shell: Shell, cri: Crictl, state: JsonFile, pod_id: str) -> None:
     """Let passt (which drops to nobody) use ping sockets in the pod's netns:
     the sysctl is per network namespace (docs/stack-notes.md#passt)."""
+    from ..host.pod.crictl import netns_path
+
     res = cri("inspectp", "-o", "json", pod_id)
     try:
         info = json.loads(res.out)
@@ -207,6 +218,11 @@ def _ping(shell: Shell, cri: Crictl, state: JsonFile, pod_id: str) -> None:
 
 
 def stop_pod(ws: Workspace) -> None:
+    # The pod's host modules only when a pod is run or stopped, not on a no-op.
+    from ..host.pod import crio
+    from ..host.pod.crictl import Crictl, Shell
+    from ..host.pod.podfiles import LABEL, pod_state
+
     state = pod_state(ws)
     record = state.read()
     socket = record.get("socket") or (ws.stack.pod.socket if ws.stack.pod else
