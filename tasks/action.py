@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import io
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -133,6 +132,7 @@ def os_error(err: OSError) -> str:
 def _full_disk(ws: Workspace) -> str | None:
     """"no space left on device: PATH" when the workdir's or destdir's file
     system is full: a failing command then often says only that it failed."""
+    import shutil  # shutil pulls in bz2 and lzma: imported when used, not on a no-op
     places = [ws.workdir] + ([Path(ws.settings.destdir)] if ws.settings.destdir else [])
     for place in places:
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,6 +244,7 @@ def apply_series(path: Path, base: str, patches: list[tuple[str, bytes]],
     ``upstream`` names the base for messages (the ref, ``v1.23.5``).  A patch
     that applies in reverse is reported as already upstream, an empty one
     as empty."""
+    import tempfile  # only when a temporary file or folder is made: not on a no-op
     if not patches:
         return base
     with tempfile.TemporaryDirectory(prefix="kps-apply-", dir=scratch) as tmp:
@@ -317,6 +317,7 @@ def tree_with(path: Path, paths: list[str]) -> str:
     """The tree HEAD's tree would become if ``paths`` were committed as they
     are in the work tree (added, changed or deleted); nothing is written
     but objects."""
+    import tempfile  # only when a temporary file or folder is made: not on a no-op
     with tempfile.TemporaryDirectory(prefix="kps-tree-") as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         if read_only():  # the new objects go to the scratch folder, not the checkout

@@ -34,9 +34,7 @@ import atexit
 import contextvars
 import importlib.util
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from doit.cmd_base import TaskLoader2
@@ -282,6 +280,9 @@ def _open_database(cmd, ws: Workspace, default: str) -> None:
     if db.kind.__name__ == "SqliteDB":
         db.open_in(default if os.path.exists(default) and not ws.requested else ":memory:")
         return
+    import shutil  # a read-only command's scratch database only: not on a no-op
+    import tempfile
+
     scratch = tempfile.mkdtemp(prefix="kps-doit-")
     ws.run.on_close(lambda: shutil.rmtree(scratch, True))
     db.open_in(os.path.join(scratch, os.path.basename(default)))
@@ -308,12 +309,13 @@ def main(argv: list[str]) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    from doit.doit_cmd import DoitMain
+    from doit import doit_cmd
 
-    class Main(DoitMain):
+    class Main(doit_cmd.DoitMain):
         BIN_NAME = "doit"
 
     loader = StackLoader(close_at_exit=False)
+    variables = doit_cmd._CMDLINE_VARS  # doit's NAME=VALUE of the run, put back after it
     try:
         code = Main(loader, config_filenames=(), extra_config=doit_config()).run(argv)
         return code or 0  # (doit's forget returns None: exit code 0)
@@ -324,6 +326,7 @@ def _main(argv: list[str]) -> int:
         return 130
     finally:
         loader.close()
+        doit_cmd._CMDLINE_VARS = variables
 
 
 def hand_over() -> None:

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import sys
 import threading
@@ -206,6 +205,8 @@ def complete_pending(ws: Workspace) -> None:
 
 
 def _wipe(folder: Path) -> None:
+    import shutil  # shutil pulls in bz2 and lzma: imported when used, not on a no-op
+
     def writable(func, path, _exc):
         os.chmod(os.path.dirname(path), 0o700)
         func(path)

@@ -25,7 +25,6 @@ import contextvars
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -175,6 +174,7 @@ class Progress:
 
     def draw(self) -> None:
         """Draw a live line per running command (under _PRINT_LOCK)."""
+        import shutil  # shutil pulls in bz2 and lzma: imported when used, not on a no-op
         if self.drawn or not self.live or self.stopped or progress_mode() != "live":
             return
         width = max(20, shutil.get_terminal_size((80, 24)).columns - 1)
@@ -341,6 +341,7 @@ def need_root(task: str, policy: str, why: str) -> bool:
 
 
 def which(program: str, path: str | None = None) -> str | None:
+    import shutil  # shutil pulls in bz2 and lzma: imported when used, not on a no-op
     return shutil.which(program, path=path)
 
 

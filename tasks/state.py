@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -56,6 +55,7 @@ def atomic_write(path: Path, data: bytes | str, mode: int | None = None,
                  owner: tuple[int, int] | None = None) -> None:
     """Write ``path`` so that a reader sees the old or the new content, never
     half of it, even if this process is killed."""
+    import tempfile  # only when a temporary file or folder is made: not on a no-op
     if read_only():
         raise StackError(f"internal error: {path} written by a read-only command")
     path.parent.mkdir(parents=True, exist_ok=True)

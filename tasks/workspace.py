@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -191,7 +190,10 @@ class Workspace:
                 runner.say(f"stopped a command left running by an interrupted run: {command}")
             procs.mkdir(parents=True, exist_ok=True)
             self.run.registry = procs  # every command from now on is recorded there
-            shutil.rmtree(self.state / "tmp", ignore_errors=True)
+            if (self.state / "tmp").exists():
+                import shutil  # pulls in bz2 and lzma: only when there is something to remove
+
+                shutil.rmtree(self.state / "tmp", ignore_errors=True)
 
     def unlock(self) -> None:
         """Let go of the run lock (the run ended)."""

@@ -11,7 +11,6 @@ outputs, not state (``state.atomic_write`` refuses in read-only runs).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from .. import loader, plan, run
@@ -96,6 +95,7 @@ def mermaid(items, links) -> str:
 def _write(path: Path, data: str | bytes) -> None:
     """Outside the state: a plain atomic write (read-only runs refuse
     ``state.atomic_write``, and these are outputs, not state)."""
+    import tempfile  # only when a temporary file or folder is made: not on a no-op
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "wb") as f:

@@ -14,7 +14,6 @@ and every stamp stay as they were.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from .. import git, run
@@ -41,6 +40,7 @@ def _series(ws: Workspace, c: Component) -> list[tuple[str, bytes]]:
 
 
 def report(ws: Workspace, c: Component, ref: str | None) -> str:
+    import tempfile  # only when a temporary file or folder is made: not on a no-op
     if not ref:
         raise StackError(f"try:{c.name} needs the version to try: doit try:{c.name} ref=REF")
     series = _series(ws, c)
