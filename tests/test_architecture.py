@@ -171,6 +171,51 @@ def test_each_feature_serves_the_steps_it_names():
     assert {(s, f) for s, f in used if s not in FEATURES[f]} == set()
 
 
+def loaded_on_import(name: str, path: Path) -> set[str]:
+    """The tasks.* modules importing ``name`` runs: its imports outside any
+    function and outside ``if TYPE_CHECKING:``."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    todo = list(ast.parse(path.read_text()).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[:len(package.split(".")) - node.level + 1] \
+                if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in MODULES else target)
+        else:
+            todo.extend(c for c in ast.iter_child_nodes(node) if isinstance(c, ast.stmt))
+    return {m for m in found if m in MODULES and m != name}
+
+
+# The host modules a step may load when it is imported: what its task creator
+# and up-to-date check use (check's catalog probe and pod hints, the runtime's
+# paths).  Everything else a step's action needs is imported when it runs: a
+# no-op imports every step and runs no action (issue 19).
+NOOP_HOST = {"tasks.host", "tasks.host.runtime", "tasks.host.pod", "tasks.host.pod.podhints",
+             "tasks.host.prereqs", "tasks.host.prereqs.probe"}
+
+
+def test_importing_the_steps_loads_only_the_host_modules_a_noop_uses():
+    loaded = {n: loaded_on_import(n, p) for n, p in MODULES.items()}
+    reached, todo = set(), [n for n in MODULES if room(n) == "steps"]
+    while todo:
+        for dep in loaded[todo.pop()] - reached:
+            reached.add(dep)
+            todo.append(dep)
+    assert sorted(n for n in reached if room(n) == "host" and n not in NOOP_HOST) == []
+
+
 def test_every_package_is_in_pyproject():
     import tomllib
 
