@@ -170,7 +170,10 @@ def _module_state() -> dict[str, str]:
 
 
 def _process() -> dict:
+    from doit import doit_cmd
+
     return {"umask": _umask(), "cwd": os.getcwd(), "env": dict(os.environ),
+            "doit variables": doit_cmd._CMDLINE_VARS,
             "threads": sorted(t.name for t in threading.enumerate()),
             "signals": {s: signal.getsignal(getattr(signal, s)) for s in ("SIGTERM", "SIGINT")},
             "excepthook": sys.excepthook, "stdout": sys.stdout, "stderr": sys.stderr,
@@ -201,8 +204,9 @@ def test_a_run_leaves_nothing_in_the_process(ab):
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             return main([stack, *args])
 
+    process = _process()  # before any run
     quiet("list")
-    modules, process = _module_state(), _process()
+    modules = _module_state()  # (after one: what a first run loads is loaded)
     runs = [(), ("list", "--status"), ("status",), ("info", "build:beta"), ("graph",),
             ("-n", "3", "-P", "thread"), ("forget", "build:alpha"), ("--reporter", "json"),
             ("stak=x",), ("dumpdb",)]
