@@ -7,11 +7,12 @@
     python bench/run.py --workdir /dev/shm/kps-bench --keep
     python bench/run.py --compare REF        this tree's no-op against REF's
 
-Sections for --only: first, noop, checkout, edit (the timed runs; the floor
-is always measured with them), matrix, parallel, profile (where a no-op's
-time goes: -X importtime and cProfile).  Everything is written under a
-temporary folder (or --workdir, which must be new or empty) and removed at
-the end unless --keep.  No network: the upstreams are local repositories.
+Sections for --only: first, noop, checkout, edit, status (the timed runs; the
+floor is always measured with them, and the no-op with status), matrix,
+parallel, profile (where a no-op's time goes: -X importtime and cProfile).
+Everything is written under a temporary folder (or --workdir, which must be
+new or empty) and removed at the end unless --keep.  No network: the
+upstreams are local repositories.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import profile_noop  # noqa: E402
 import timing  # noqa: E402
 from harness import Harness  # noqa: E402
 
-SECTIONS = ["first", "noop", "checkout", "edit", "matrix", "parallel"]
+SECTIONS = ["first", "noop", "checkout", "edit", "status", "matrix", "parallel"]
 ALL = SECTIONS + ["profile"]
 
 
@@ -87,7 +88,7 @@ def bench(root: Path, args, only: set[str]) -> int:
     print(f"  load average at start: {load()}")
     start = time.perf_counter()
     up = None
-    if only & {"first", "noop", "checkout", "edit", "matrix", "profile", "compare"}:
+    if only & {"first", "noop", "checkout", "edit", "status", "matrix", "profile", "compare"}:
         up = fixtures.Upstreams(root / "upstream", scale=scale).make()
         print(f"  fixture upstreams made in {time.perf_counter() - start:.1f} s "
               f"(scale {scale})")
