@@ -603,7 +603,7 @@ def _decompress(argv, data):
 
 def image_of(project):
     """The image the kata fixture built, read as the kernel reads it."""
-    from tasks.host.initramfs import Image
+    from tasks.host.image.initramfs import Image
 
     return Image.from_bytes((project.workdir / "kata.img").read_bytes(), filter=_decompress)
 

@@ -143,7 +143,6 @@ FEATURES = {
 # Modules at the top of tasks/host: the one rule every feature follows.
 SHARED = {
     "tasks.host.runtime",
-    "tasks.host.initramfs",  # moves into host/image once tests/conftest.py reads it there
 }
 
 

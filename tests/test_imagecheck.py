@@ -1,4 +1,4 @@
-"""The image reader (tasks/host/initramfs.py) and the image check
+"""The image reader (tasks/host/image/initramfs.py) and the image check
 (tasks/host/image/imagecheck.py).
 
 Images are made here with write(), in memory: programs and libraries are
@@ -23,9 +23,8 @@ from contextlib import contextmanager
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from tasks.host import initramfs
-from tasks.host.image import imagecheck
-from tasks.host.initramfs import BadImage, Entry, Image
+from tasks.host.image import imagecheck, initramfs
+from tasks.host.image.initramfs import BadImage, Entry, Image
 
 HOST_LIB_DIRS = ("/lib64", "/usr/lib64", "/lib/{triple}", "/usr/lib/{triple}", "/lib", "/usr/lib")
 TRIPLES = {"EM_X86_64": "x86_64-linux-gnu", "EM_AARCH64": "aarch64-linux-gnu"}

@@ -17,7 +17,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from ..initramfs import Entry, Image
+from .initramfs import Entry, Image
 
 AGENT = "/usr/bin/kata-agent"
 MAX_PROBLEMS = 25

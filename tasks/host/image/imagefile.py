@@ -8,9 +8,8 @@ from pathlib import Path
 
 from ... import run
 from ...errors import StackError
-from .. import initramfs
-from ..initramfs import Entry, Image
-from . import imagecheck
+from . import imagecheck, initramfs
+from .initramfs import Entry, Image
 
 # The programs that decompress what Python's standard library does not.
 TOOLS = {"lz4": "lz4", "lzo": "lzop"}

@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
-from ..errors import StackError
+from ...errors import StackError
 
 Filter = Callable[[list[str], bytes], bytes]
 
