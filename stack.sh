@@ -18,6 +18,9 @@ usage: ./stack.sh [NAME=VALUE...] [doit options] [command or tasks...]   (python
   ./stack.sh show:NAME        NAME as resolved: commit, patches, commands, paths
   ./stack.sh graph            the task graph: <workdir>/graph.dot, .mmd (and .svg)
   ./stack.sh try:NAME ref=REF would NAME's patches apply to version REF?
+  ./stack.sh smoke            the stack's end-to-end check (stack.yaml's smoke:)
+  ./stack.sh bisect:NAME good=REF bad=REF
+                              the commit of NAME that broke test=smoke (or image_boot, CMD)
   ./stack.sh run_pod          run the example pod (stop_pod removes it)
   ./stack.sh update[:NAME]    re-resolve tags and branches into stack.lock
   ./stack.sh reset:NAME       stash the local edits of a checkout
