@@ -11,24 +11,17 @@ task it can before choosing one, and starts first a task that the task that
 just finished let go (the next step of the same chain), then the others in
 doit's order.  Which tasks run and what each waits for is doit's own
 (``TaskDispatcher._add_task``): only the choice among tasks that can start
-changes.  A run with one worker keeps doit's order (every fetch first).
+changes.  A run with one worker keeps doit's order (every fetch first);
+importing this module changes nothing (``chains_first()`` does, for one run).
 """
 
 from __future__ import annotations
 
-import contextvars
 from collections import deque
 
 from doit import control
 from doit.control import ExecNode, TaskDispatcher
 from doit.task import Task
-
-# Set by the loader for each run (a process may run main() more than once).
-_chains = contextvars.ContextVar("kps_chains", default=False)
-
-
-def use_for_this_run(parallel: bool) -> None:
-    _chains.set(parallel)
 
 
 class ChainDispatcher(TaskDispatcher):
@@ -73,15 +66,19 @@ class ChainDispatcher(TaskDispatcher):
             again = node
 
 
-_doit_dispatcher = control.TaskControl.task_dispatcher
+def chains_first():
+    """Have doit choose with ``ChainDispatcher`` until the returned function
+    is called (at the end of the run: nothing of it stays in the process).
+    doit builds its dispatcher inside its run command (cmd_run), with no way
+    to pass another, hence the method swapped for the run's time."""
+    doits = control.TaskControl.__dict__["task_dispatcher"]
 
+    def task_dispatcher(self):
+        return ChainDispatcher(self.tasks, self.targets, self.selected_tasks)
 
-def _task_dispatcher(self):
-    if not _chains.get():
-        return _doit_dispatcher(self)
-    return ChainDispatcher(self.tasks, self.targets, self.selected_tasks)
+    control.TaskControl.task_dispatcher = task_dispatcher
 
+    def put_back():
+        control.TaskControl.task_dispatcher = doits
 
-# doit builds its dispatcher in its run command (cmd_run), with no way to
-# give another: the class is told here, once, and asks the run's setting.
-control.TaskControl.task_dispatcher = _task_dispatcher
+    return put_back

@@ -140,11 +140,10 @@ class StackLoader(TaskLoader2):
         named = [a for a in pos_args if not a.startswith("-")] if command == "run" else []
         read_only = command in READ_ONLY_COMMANDS or read_only_tasks(named)
         current = Run(command, read_only, named, self.variables)
-        parallel = command == "run" and (self.options.get("num_process") or 0) > 1
-        if parallel or "tasks.dispatch" in sys.modules:  # (a run with one worker: doit's own)
-            from . import dispatch
+        if command == "run" and (self.options.get("num_process") or 0) > 1:
+            from . import dispatch  # (a run with one worker keeps doit's order)
 
-            dispatch.use_for_this_run(parallel)
+            current.on_close(dispatch.chains_first())
         self.runs.append(current)
         current.start()
         current.on_close(lambda: action.print_summary(current))

@@ -1,5 +1,8 @@
 """A parallel run starts a component's next step before other components'
-first steps (tasks/dispatch.py); a run with one worker keeps doit's order."""
+first steps (tasks/dispatch.py); a run with one worker keeps doit's order;
+doit is left as it was when the run ends."""
+
+from doit import control
 
 THREE = """\
 x:
@@ -42,3 +45,10 @@ def test_one_worker_keeps_doits_order(project):
     res = project.doit()
     assert res.ran.index("fetch:z") < _first(res.ran, "patch:"), res.ran
     assert res.ran.index("patch:z") < _first(res.ran, "build:"), res.ran
+
+
+def test_the_run_leaves_doits_dispatcher_as_it_was(project):
+    doits = control.TaskControl.__dict__["task_dispatcher"]
+    project.write_stack(THREE.format(up=project.up.alpha()))
+    project.doit("-n", "2", "-P", "thread")  # in this process
+    assert control.TaskControl.__dict__["task_dispatcher"] is doits
