@@ -280,6 +280,7 @@ def start_and_kill(project, c, after_steps: int = 1):
         proc.wait()
 
 
+@pytest.mark.slow  # a kill -9 trial: ./test.sh --all (CI) runs it
 def test_kill_9_mid_bisect_then_resume(project):
     c = setup(project, bad=11)
     before = snapshot(project)
@@ -299,6 +300,7 @@ def test_kill_9_mid_bisect_then_resume(project):
     assert "bisect:widget" not in project.doit("status").out
 
 
+@pytest.mark.slow  # a kill -9 trial: ./test.sh --all (CI) runs it
 def test_kill_9_mid_bisect_then_abort(project):
     c = setup(project, bad=11)
     before = snapshot(project)
