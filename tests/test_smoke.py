@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ALPHA
+from test_image import Boot
 
 STANDINS = Path(__file__).parent / "standins"
 
@@ -184,17 +185,7 @@ def test_the_pod_check_runs_the_pod_checks_its_ip_addr_and_removes_it(project, t
 
 @pytest.mark.parametrize("mode, passed", [("boot", True), ("panic", False)])
 def test_the_image_check_boots_the_image(kata, tmp_path, mode, passed):
-    bin_dir = tmp_path / "standin" / "bin"
-    bin_dir.mkdir(parents=True)
-    exe = bin_dir / "qemu-system-x86_64"
-    exe.write_text(f"#!{sys.executable}\n" + (STANDINS / "qemu.py").read_text())
-    exe.chmod(0o755)
-    root = tmp_path / "hostroot"
-    (root / "boot").mkdir(parents=True)
-    (root / "boot/vmlinuz-5.10.0-test").write_text("a kernel\n")
-    env = {**kata.tool_env, "STANDIN_DIR": str(tmp_path / "standin"),
-           "KPS_CHECK_ROOT": str(root), "STANDIN_QEMU_MODE": mode,
-           "PATH": f"{bin_dir}:{kata.tool_env['PATH']}"}
+    env = Boot(kata, tmp_path, mode=mode).env
     with open(kata.stack_file, "a") as f:
         f.write("smoke:\n  image_boot: true\n")
     res = kata.doit("smoke", env=env, expect=0 if passed else 1)
