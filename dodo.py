@@ -69,7 +69,7 @@ def task_image_boot(ws):
 
 def task_config(ws):
     """Write the host's configuration files (doit config:NAME force=1 overwrites hand edits)."""
-    yield from configs.tasks(ws, force=ws.run.var("force"))
+    yield from configs.tasks(ws)
 
 
 def task_run_pod(ws):

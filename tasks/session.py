@@ -81,6 +81,10 @@ class Run:
         """A ``NAME=VALUE`` variable given on the command line."""
         return self.variables.get(name, default)
 
+    def flag(self, name: str) -> bool:
+        """A yes/no variable (``force=1``, ``abort=yes``): 1, yes, true or on."""
+        return str(self.variables.get(name) or "").strip().lower() in ("1", "yes", "true", "on")
+
     def feature(self, name: str, make: Callable[[], object] | None = None):
         """What feature ``name`` keeps for this run, made by ``make()`` the
         first time it is asked for (without ``make``: None until then)."""

@@ -76,10 +76,6 @@ class Place:
         return JsonFile(self.work / "state" / "smoke.json")
 
 
-def _truthy(value) -> bool:
-    return str(value or "").strip().lower() in ("1", "yes", "true", "on")
-
-
 def _say(name: str, text: str) -> None:
     run.say(f"{task_id('bisect', name)}: {text}")
 
@@ -475,7 +471,7 @@ def _bisect(ws: Workspace, c: Component) -> None:
         raise StackError("a bisect runs for one component at a time, named",
                          hint="doit bisect:NAME good=REF bad=REF [test=smoke|image_boot|"
                               "'COMMAND']")
-    if _truthy(ws.run.var("abort")):
+    if ws.run.flag("abort"):
         return abort(ws, c)
     try:
         Bisect(ws, c).run()

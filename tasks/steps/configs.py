@@ -305,14 +305,10 @@ def _deps(ws: Workspace, cfg: Config) -> list[str]:
     return deps
 
 
-def _forced(value) -> bool:
-    return str(value or "").strip().lower() in ("1", "yes", "true", "on")
-
-
-def tasks(ws: Workspace, force=None):
+def tasks(ws: Workspace):
     """config:NAME for each config, and config:qemu-wrapper with debug.qemu_log.
-    ``force`` (doit's ``force=1``) overwrites hand edits, saving them first."""
-    forced = _forced(force)
+    ``force=1`` on the command line overwrites hand edits, saving them first."""
+    forced = ws.run.flag("force")
     if ws.stack.debug.qemu_log:
         yield {
             "name": WRAPPER,
