@@ -268,9 +268,10 @@ def merge(ws: Workspace, part_id: str, stage: Path, tid: str) -> dict:
             # install is taken back from its own root first (once the merge
             # is known not to be refused), then the new one merged as new.
             refuse(ws, part_id, _merge_journal(ws, part_id, root, stage, new, {}), owners)
-            gone = {**_base(ws, part_id, "uninstall", mine["root"]), "stage": None,
-                    "old": mine["entries"], "new": {}, "old_backups": mine.get("backups", {}),
-                    "unowned": []}
+            gone = _uninstall_journal(ws, part_id, mine)
+            found = journal.problems(gone)
+            if found:
+                raise journal.refusal(gone, found)
             _report(task_id("uninstall", part_id), gone, _run_journal(ws, part_id, gone, tid))
             mine = {}
         j = _merge_journal(ws, part_id, root, stage, new, mine)
@@ -278,6 +279,13 @@ def merge(ws: Workspace, part_id: str, stage: Path, tid: str) -> dict:
         result = _run_journal(ws, part_id, j, tid)
     _report(tid, j, result)
     return result
+
+
+def _uninstall_journal(ws: Workspace, part_id: str, mine: dict) -> dict:
+    """Taking back what manifest ``mine`` records, from the root it records."""
+    return {**_base(ws, part_id, "uninstall", mine.get("root", target_root(ws))),
+            "stage": None, "old": mine.get("entries", {}), "new": {},
+            "old_backups": mine.get("backups", {}), "unowned": []}
 
 
 def _merge_journal(ws: Workspace, part_id: str, root: str, stage: Path, new: dict,
@@ -338,9 +346,7 @@ def uninstall(ws: Workspace, part_id: str, tid: str, quiet: bool = False) -> dic
             if not quiet:
                 run.say(f"  {tid}: nothing recorded as installed by {part_id}")
             return None
-        j = {**_base(ws, part_id, "uninstall", mine.get("root", target_root(ws))),
-             "stage": None, "old": mine.get("entries", {}), "new": {},
-             "old_backups": mine.get("backups", {}), "unowned": []}
+        j = _uninstall_journal(ws, part_id, mine)
         found = journal.problems(j)
         if found:  # refused, nothing removed: the install stays as it is, stamp and all
             raise journal.refusal(j, found)
