@@ -85,6 +85,13 @@ class Workspace:
         """Exists while the patch step moves a checkout (see steps/patch.py)."""
         return self.json("moving", name)
 
+    def head_record(self, name: str) -> JsonFile:
+        """Where the patch step last put HEAD in checkout ``name`` (``{"head":
+        commit}``): kept apart from its stamp, which a failed run clears, to
+        tell our own patched commits from the user's (steps/patch.py writes
+        it, steps/status.py reads it)."""
+        return self.json("checkouts", name)
+
     def hashes(self, name: str) -> HashCache:
         with self._outputs_lock:
             cache = self._caches.get(name)

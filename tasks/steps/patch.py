@@ -111,7 +111,7 @@ def _patch_checkout(ws: Workspace, c: Component) -> dict:
     _recover(ws, c, log, label)
     # Where we last put HEAD: kept apart from the stamp, which a failed run
     # clears, to tell our own patched commits from the user's.
-    previous = _head_record(ws, c).read()
+    previous = ws.head_record(c.name).read()
     current = git.head(path)
     outputs = ws.outputs(c.name)
 
@@ -148,12 +148,8 @@ def _patch_checkout(ws: Workspace, c: Component) -> dict:
     applied = len(c.patches)
     say(f"  {label}{c.ref} ({base[:12]})" + (f" + {applied} patch(es) = {target[:12]}"
                                               if applied else ""))
-    _head_record(ws, c).write({"head": target})
+    ws.head_record(c.name).write({"head": target})
     return key
-
-
-def _head_record(ws: Workspace, c: Component):
-    return ws.json("checkouts", c.name)
 
 
 def _move(ws: Workspace, c: Component, current: str | None, target: str, log, label) -> None:

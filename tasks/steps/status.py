@@ -42,9 +42,9 @@ def _first(ws: Workspace, tids) -> str:
 
 def _commits(ws: Workspace, c) -> git.LocalCommits | None:
     """Commits of the user's in the checkout, on top of where the patch step
-    last put HEAD (its record, ``state/checkouts/NAME.json``; before any
+    last put HEAD (``ws.head_record``; before any
     record, the base it applied the series to)."""
-    since = ws.json("checkouts", c.name).read().get("head") or \
+    since = ws.head_record(c.name).read().get("head") or \
         (ws.stamps.read(task_id("patch", c.name)) or {}).get("key", {}).get("base")
     return git.local_commits(ws.checkout(c.name), since if isinstance(since, str) else None)
 
