@@ -64,7 +64,7 @@ def task_image(ws):
 
 def task_image_boot(ws):
     """Boot the guest image under QEMU with a stand-in agent (not part of plain doit)."""
-    yield from image.boot_tasks(ws, accel=ws.run.var("accel"), timeout=ws.run.var("timeout"))
+    yield from image.boot_tasks(ws, accel=ws.run.var("accel"))
 
 
 def task_config(ws):

@@ -85,6 +85,18 @@ class Run:
         """A yes/no variable (``force=1``, ``abort=yes``): 1, yes, true or on."""
         return str(self.variables.get(name) or "").strip().lower() in ("1", "yes", "true", "on")
 
+    def seconds(self, name: str, default: int) -> int:
+        """A time limit given as ``NAME=SECONDS`` (whole seconds above 0), or
+        ``default`` when it is not given."""
+        given = self.variables.get(name)
+        if given is None or given == "":
+            return default
+        if not str(given).isdigit() or int(given) == 0:
+            from .errors import StackError
+
+            raise StackError(f"{name}={given}: give the time limit in whole seconds")
+        return int(given)
+
     def feature(self, name: str, make: Callable[[], object] | None = None):
         """What feature ``name`` keeps for this run, made by ``make()`` the
         first time it is asked for (without ``make``: None until then)."""

@@ -208,16 +208,17 @@ def _accept(ws: Workspace, partial: Path, log: Path) -> list[str]:
 # image_boot
 
 
-def _boot(ws: Workspace, accel: str, timeout: str | None) -> None:
+def _boot(ws: Workspace, accel: str, limit_all: int | None = None) -> None:
+    """Boot the image once; ``limit_all``: seconds for the whole boot
+    (default: ``timeout=`` on the command line, else qemuboot's)."""
     # Only a boot needs these: a no-op does not pay for their import.
     from ..host import runtime
     from ..host.image import imagefile, qemuboot
 
     if accel not in qemuboot.ACCELS:
         raise StackError(f"accel={accel}: use one of {', '.join(qemuboot.ACCELS)}")
-    limit_all = int(timeout) if str(timeout or "").isdigit() else qemuboot.BOOT_TIMEOUT
-    if timeout and (not str(timeout).isdigit() or limit_all == 0):
-        raise StackError(f"timeout={timeout}: give the time limit in whole seconds")
+    if limit_all is None:
+        limit_all = ws.run.seconds("timeout", qemuboot.BOOT_TIMEOUT)
     img = ws.stack.image
     named = ws.stamps.produced(TASK, "kernel")
     if not named or not img.output.is_file():
@@ -263,10 +264,10 @@ def _boot(ws: Workspace, accel: str, timeout: str | None) -> None:
     say(f"  {BOOT}: passed: {verdict.why}\n{verdict.last_lines}")
 
 
-def boot(ws: Workspace, timeout: str | None = None) -> None:
+def boot(ws: Workspace, seconds: int | None = None) -> None:
     """Boot the image once, as image_boot does: the smoke's image_boot check
     (dodo.py hands it to tasks/steps/smoke.py)."""
-    _boot(ws, str(ws.run.var("accel") or "auto"), timeout)
+    _boot(ws, str(ws.run.var("accel") or "auto"), seconds)
 
 
 def tasks(ws: Workspace):
@@ -300,7 +301,7 @@ def _no_image(ws: Workspace, name: str) -> dict:
             "actions": [step(ws, name, fail)]}
 
 
-def boot_tasks(ws: Workspace, accel=None, timeout=None):
+def boot_tasks(ws: Workspace, accel=None):
     """``image_boot``: boot the image under QEMU with a stand-in agent."""
     choice = str(accel or "auto")
     if ws.stack.image is None:
@@ -310,6 +311,6 @@ def boot_tasks(ws: Workspace, accel=None, timeout=None):
         "basename": BOOT,
         "doc": "boot the guest image under QEMU with a stand-in agent (accel=auto|kvm|tcg, "
                "timeout=SECONDS); the console goes to " + str(ws.log(BOOT)),
-        "actions": [step(ws, BOOT, lambda: _boot(ws, choice, timeout))],
+        "actions": [step(ws, BOOT, lambda: _boot(ws, choice))],
         "task_dep": [TASK],
     }

@@ -58,12 +58,7 @@ def result_file(ws: Workspace):
 def limit(ws: Workspace) -> int:
     """Seconds each check may take: ``timeout=`` on the command line, else
     the section's ``timeout``."""
-    given = ws.run.var("timeout")
-    if given is None:
-        return ws.stack.smoke.timeout
-    if not str(given).isdigit() or int(given) == 0:
-        raise StackError(f"timeout={given}: give the time limit in whole seconds")
-    return int(given)
+    return ws.run.seconds("timeout", ws.stack.smoke.timeout)
 
 
 def uses_image(smoke: Smoke) -> bool:
@@ -203,7 +198,7 @@ def _boot(ws: Workspace, t: _Transcript, boot: Callable, seconds: int) -> dict:
     offset = t.size(log)
     t.write("\n## image_boot")
     try:
-        boot(ws, str(seconds))
+        boot(ws, seconds)
         verdict = _verdict("image_boot", started, True, "the image booted to its agent")
     except StackError as err:
         verdict = _verdict("image_boot", started, False, err.message.splitlines()[0])
