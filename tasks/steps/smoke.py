@@ -36,6 +36,7 @@ from pathlib import Path
 
 from .. import run
 from ..action import Done, installs_of, step, task_id
+from ..checkout import installed_of
 from ..errors import CommandFailed, StackError
 from ..model import Smoke, SmokeCommand
 from ..state import Check, digest
@@ -83,13 +84,8 @@ def _stamp_digest(ws: Workspace, tid: str) -> str:
 def smoke_key(ws: Workspace) -> dict:
     """The definition, and what each install, config and the image recorded."""
     smoke = ws.stack.smoke
-    installed = {}
-    for name in ws.stack.components:
-        for part in ws.parts_of(name):
-            value = ws.stamps.produced(task_id("install", part.id), "installed")
-            if value is None:
-                raise StackError(f"{part.id} is not installed yet")
-            installed[part.id] = value
+    installed = {part: value for name in ws.stack.components
+                 for part, value in installed_of(ws, name).items()}
     key = {
         "smoke": json.loads(json.dumps(dataclasses.asdict(smoke))),  # as the stamp has it
         "installs": installed,
