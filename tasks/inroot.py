@@ -27,6 +27,14 @@ from .errors import StackError
 _CHUNK = 1 << 20
 
 
+def sha256_of(f) -> str:
+    """The sha256 of what is left to read in the binary file ``f``."""
+    h = hashlib.sha256()
+    while chunk := f.read(_CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
+
+
 def lstat(path: str) -> os.stat_result | None:
     try:
         return os.lstat(path)
@@ -182,11 +190,8 @@ class Target:
         return self._do(path, opening)
 
     def sha256(self, path: str) -> str:
-        h = hashlib.sha256()
         with os.fdopen(self.open_file(path), "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-        return h.hexdigest()
+            return sha256_of(f)
 
     def unlink(self, path: str) -> None:
         self._do(path, lambda name, fd: os.unlink(name, dir_fd=fd))

@@ -39,7 +39,6 @@ kind: the install is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -47,9 +46,7 @@ import sys
 from pathlib import Path
 
 from .errors import StackError
-from .inroot import Blocked, Changed, Target, lstat
-
-_CHUNK = 1 << 20
+from .inroot import Blocked, Changed, Target, lstat, sha256_of
 
 
 def on_target(root: str, path: str) -> str:
@@ -62,11 +59,8 @@ def on_target(root: str, path: str) -> str:
 
 
 def sha256(path: str) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return sha256_of(f)
 
 
 def scan(stage: Path, root: str) -> dict[str, dict]:
