@@ -162,6 +162,14 @@ def test_show_prints_the_resolved_component(ab):
     assert "needed by:  beta" in ab.doit("show:alpha").out
 
 
+def test_show_names_the_stack_file_it_read(ab):
+    mine = ab.stack_file.with_name("mine.yaml")
+    mine.write_text(ab.stack_file.read_text())
+    ab.stack_file = mine
+    out = ab.doit("show:alpha").out
+    assert re.search(r"^alpha  \(mine\.yaml line \d+\)$", out, re.M), out
+
+
 def test_check_named_prints_its_report_even_when_up_to_date(ab):
     ab.doit()
     res = ab.doit("check")

@@ -56,7 +56,7 @@ def report(ws: Workspace, name: str) -> str:
     needed_by = [o.name for o in ws.stack.components.values()
                  if any(n.split("/")[0] == name for n in o.needs)]
     subs = ", ".join(c.submodules) if isinstance(c.submodules, tuple) else c.submodules
-    out = [f"{c.name}  (stack.yaml line {c.line})",
+    out = [f"{c.name}  ({ws.stack.path.name} line {c.line})",
            f"  git:        {c.git}",
            f"  ref:        {c.ref}",
            f"  commit:     {commit or '(not resolved yet: doit fetch:' + name + ')'}",
