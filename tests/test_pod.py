@@ -340,6 +340,17 @@ def test_a_rerun_replaces_the_pod_and_never_runs_two(rig):
     assert len(rig.cri()["pods"]) == 1
 
 
+def test_stop_pod_waits_until_our_crio_has_ended(rig):
+    # An exiting process loses its command line before it ends; here the
+    # stand-in execs ``sleep 0.5`` on SIGTERM: same pid, no "crio" in argv.
+    rig.stack()
+    rig.doit("run_pod", STANDIN_CRIO_LINGER="0.5")
+    (pid,) = rig.crio_pids()
+    res = rig.doit("stop_pod")
+    assert not alive(pid), "stop_pod returned while crio was still ending"
+    assert f"stopped the crio run_pod started (pid {pid})" in res.text
+
+
 def test_stop_pod_after_run_pod_removes_the_pod_and_stops_our_crio(rig):
     rig.stack()
     rig.doit("run_pod")

@@ -5,6 +5,8 @@ $STANDIN_CRIO_DELAY seconds, and stays in the foreground until SIGTERM.
 $STANDIN_CRIO_MODE: ``ok`` (default), ``never`` (never listens), ``fail``
 (exits 1 at once, as crio does on a bad config).  Its pid goes to
 $STANDIN_DIR/crio.pids, its argv to calls.jsonl.
+$STANDIN_CRIO_LINGER=SECONDS: on SIGTERM it goes on that long as ``sleep``
+(same pid, another command line), as a process does while it exits.
 """
 
 import json
@@ -62,6 +64,9 @@ def stop(path):
         os.unlink(path)
     except FileNotFoundError:
         pass
+    linger = os.environ.get("STANDIN_CRIO_LINGER")
+    if linger:  # its last work under another command line, same pid
+        os.execv("/bin/sleep", ["sleep", linger])
     sys.exit(0)
 
 

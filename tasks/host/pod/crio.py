@@ -62,14 +62,17 @@ def read_record(ws) -> dict | None:
     return data if isinstance(data.get("pid"), int) else None
 
 
+def _running(record: dict) -> bool:
+    """The recorded process has not ended (same pid and start time)."""
+    st = run.proc_stat(record["pid"])
+    return st is not None and st[0] not in ("Z", "X") and st[1] == record.get("starttime")
+
+
 def is_ours(record: dict) -> bool:
     """The recorded process is still running and is still that crio (same
     start time, 'crio' on its command line, possibly behind sudo)."""
-    pid = record["pid"]
-    st = run.proc_stat(pid)
-    if st is None or st[0] in ("Z", "X") or st[1] != record.get("starttime"):
-        return False
-    return any(os.path.basename(arg) == "crio" for arg in run.cmdline(pid)[:4])
+    return _running(record) and any(os.path.basename(arg) == "crio"
+                                    for arg in run.cmdline(record["pid"])[:4])
 
 
 def _tail_message(log: Path) -> str:
@@ -186,13 +189,16 @@ def ensure(ws, shell, pod) -> bool:
 def _gone(record: dict, proc) -> bool:
     if proc is not None:
         return proc.poll() is not None
-    return not is_ours(record)
+    return not _running(record)
 
 
 def stop(shell, record: dict, proc=None) -> None:
-    """SIGTERM the recorded crio, wait, then SIGKILL; only if it is still it."""
+    """SIGTERM the recorded crio, wait, then SIGKILL; only if it is still it.
+    Callers have checked it is ours; from then on pid and start time say it
+    is the same process: a process that is exiting loses its command line
+    (or execs another) before it ends, and must not count as gone then."""
     def send(sig) -> bool:
-        return is_ours(record) and shell.kill(record["pid"], sig)
+        return _running(record) and shell.kill(record["pid"], sig)
 
     if not run.stop(send, lambda: _gone(record, proc), grace=STOP_TIMEOUT, poll=POLL / 2):
         raise StackError(f"crio (pid {record['pid']}) did not stop after SIGKILL")
