@@ -201,11 +201,14 @@ def _children_of_group(pgid: int) -> list[int]:
 def test_a_second_run_refuses_at_once_and_the_first_is_unharmed(project):
     alpha = project.up.alpha()
     flag = project.root / "started"
+    release = project.root / "release"  # held until the test is done with it
+    hold = (f"touch {flag}; n=0; while [ ! -e {release} ] && [ $n -lt 1200 ]; "
+            "do sleep 0.05; n=$((n+1)); done")
     project.write_stack(f"""\
         alpha:
           git: {alpha}
           ref: v1
-          build: ['touch {flag}; sleep 3', make]
+          build: ['{hold}', make]
           artifacts: [bin/alpha]
           install: make install
           installs: [$PREFIX/bin/alpha]
@@ -223,7 +226,9 @@ def test_a_second_run_refuses_at_once_and_the_first_is_unharmed(project):
     # Read-only commands still work while a run holds the workdir.
     listing = project.doit("list")
     assert "build" in listing.out
-    out, err = first.communicate(timeout=60)
+    assert first.poll() is None  # all of the above while the first still ran
+    release.touch()
+    out, err = first.communicate(timeout=90)
     assert first.returncode == 0, out + err
     assert project.staged("/usr/local/bin/alpha").exists()
     assert project.doit().ran == []

@@ -23,6 +23,21 @@ def _slow_stack(project, seconds=3):
         """)
 
 
+def _held_stack(project):
+    """A build that runs until the test creates the returned flag file (at
+    most 60 s), so that a test waits for what it looks for, not a guess."""
+    flag = project.root / "release"
+    command = (f"echo starting 0; n=0; while [ ! -e {flag} ] && [ $n -lt 1200 ]; "
+               f"do sleep 0.05; n=$((n+1)); done; echo done 0")
+    project.write_stack(f"""\
+        slow0:
+          git: {project.up.gamma()}
+          ref: v1
+          build: '{command}'
+        """)
+    return flag, command
+
+
 def _read_until(proc, pattern, timeout=30):
     """stderr of ``proc`` until ``pattern`` shows (None if it ends first)."""
     seen = ""
@@ -41,27 +56,28 @@ def _read_until(proc, pattern, timeout=30):
 
 
 def test_the_log_path_is_printed_while_the_command_still_runs(project):
-    _slow_stack(project, seconds=4)
+    flag, command = _held_stack(project)
     proc = project.start("build:slow0", env={"KPS_PROGRESS": "off"})
     try:
-        found, seen = _read_until(proc, r"\$ echo starting 0; sleep 4; echo done 0  "
-                                        r"\(log: build/logs/build-slow0\.log\)")
+        found, seen = _read_until(proc, re.escape(f"$ {command}  ")
+                                  + r"\(log: build/logs/build-slow0\.log\)")
         assert found, seen
         assert proc.poll() is None  # still running
     finally:
+        flag.touch()
         rest = proc.communicate(timeout=60)
     assert proc.returncode == 0, rest
 
 
 def test_still_running_notes_off_a_terminal(project):
-    _slow_stack(project, seconds=3)
-    res = project.doit("build:slow0", env={"KPS_PROGRESS_INTERVAL": "1"})
+    _slow_stack(project, seconds=1)
+    res = project.doit("build:slow0", env={"KPS_PROGRESS_INTERVAL": "0.3"})
     assert re.search(r"^still running: build:slow0 \(\d s, log: build/logs/build-slow0\.log\)$",
                      res.err, re.M), res.err
 
 
 def test_a_live_line_with_elapsed_time_on_a_terminal(project):
-    _slow_stack(project, seconds=4)
+    flag, _ = _held_stack(project)
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if k != "KPS_PROGRESS"}
     proc = subprocess.Popen(project.argv("build:slow0"), cwd=project.root, stdin=slave,
@@ -79,6 +95,8 @@ def test_a_live_line_with_elapsed_time_on_a_terminal(project):
                 if not chunk:
                     break
                 out += chunk
+                if re.search(rb"\[0:0[1-9]\] build:slow0", out):
+                    flag.touch()  # the elapsed time was shown: let it finish
             elif proc.poll() is not None:
                 break
     finally:

@@ -100,9 +100,9 @@ def test_a_command_that_fails_fails_the_smoke_with_its_exit_code(project):
 def test_a_command_that_hangs_is_stopped_at_the_timeout(project):
     smoke_stack(project, "commands: ['sleep 600']\ntimeout: 600\n")
     started = time.monotonic()
-    res = project.doit("smoke", "timeout=2", expect=1)
+    res = project.doit("smoke", "timeout=1", expect=1)
     assert time.monotonic() - started < 60
-    assert "still running after 2 s: stopped" in res.text
+    assert "still running after 1 s: stopped" in res.text
     assert result(project)["checks"][0]["timed_out"] is True
 
 
