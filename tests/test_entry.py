@@ -266,6 +266,9 @@ def test_every_way_in_takes_the_same_path(ab, ways):
             code, out, err = _run(way, "dumpdb")
             assert code == 3 and err.startswith("ERROR: doit dumpdb is not supported"), \
                 (name, err)
+        if name in ("stack.sh", "python -m tasks"):  # (the others run as python -m doit)
+            code, out, err = _run(way, "tabcompletion")
+            assert code == 0 and "complete -o filenames -F _doit doit" in out, (name, out)
         # info on a name that does not exist: a line, not a traceback
         code, out, err = _run(way, "info", "build:alpah")
         assert code == 3 and "did you mean 'build:alpha'?" in err, (name, err)
