@@ -72,18 +72,22 @@ def is_repo(path: Path) -> bool:
     return (path / ".git").exists()
 
 
-def ensure_repo(path: Path, url: str, log: Path, label: str) -> None:
+def ensure_repo(path: Path, url: str, log: Path, label: str) -> bool:
     """A repository at ``path`` whose origin is ``url``: created when missing,
-    re-pointed when the URL changed.  Never re-cloned."""
+    re-pointed when the URL changed.  Never re-cloned.  True when it was
+    created now (empty: no commit to look for, no origin to compare)."""
     if not is_repo(path):
         path.mkdir(parents=True, exist_ok=True)
         _run(path, log, "init", "-q", label=label)
+        query(path, "remote", "add", "origin", url)
+        return True
     current = text(path, "config", "--get", "remote.origin.url", check=False)
     if not current:
         query(path, "remote", "add", "origin", url)
     elif current != url:
         runner.say(f"  {label}origin changes: {current} -> {url}")
         query(path, "remote", "set-url", "origin", url)
+    return False
 
 
 @dataclass(frozen=True)
@@ -135,12 +139,15 @@ def rev_parse(path: Path, rev: str) -> str | None:
 
 
 def fetch(path: Path, log: Path, label: str, remote: Remote | None, ref: str,
-          depth: int) -> str:
-    """Bring the objects for ``ref`` into the repository; return its commit."""
+          depth: int, first: bool = False) -> str:
+    """Bring the objects for ``ref`` into the repository; return its commit.
+    ``first``: into a repository just created, which one pack leaves with
+    nothing to maintain: git's automatic maintenance is not started."""
     shallow = [f"--depth={depth}"] if depth else []
+    quiet = ["-c", "maintenance.auto=false"] if first else []  # (git < 2.29: no such key)
     if remote is None:
         # An abbreviated commit: only a full fetch can tell what it names.
-        _run(path, log, "fetch", "--no-tags", "origin",
+        _run(path, log, *quiet, "fetch", "--no-tags", "origin",
              "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*", label=label)
         commit = rev_parse(path, ref)
         if commit is None:
@@ -150,10 +157,10 @@ def fetch(path: Path, log: Path, label: str, remote: Remote | None, ref: str,
     if remote.refname:
         local = remote.refname if remote.is_tag else \
             "refs/remotes/origin/" + remote.refname[len("refs/heads/"):]
-        _run(path, log, "fetch", *shallow, "--no-tags", "origin",
+        _run(path, log, *quiet, "fetch", *shallow, "--no-tags", "origin",
              f"+{remote.refname}:{local}", label=label)
         return remote.commit
-    _run(path, log, "fetch", *shallow, "--no-tags", "origin", remote.commit, label=label)
+    _run(path, log, *quiet, "fetch", *shallow, "--no-tags", "origin", remote.commit, label=label)
     if not has_commit(path, remote.commit):
         raise GitError(f"commit {remote.commit} not found at origin ({_origin(path)})")
     return remote.commit
@@ -168,13 +175,20 @@ def _origin(path: Path) -> str:
 
 
 def head(path: Path) -> str | None:
-    """HEAD's commit, read from the file (no process) when detached."""
+    """HEAD's commit, read from the file (no process) when detached, and
+    None without a process for a new repository's unborn branch (files
+    refs: no ref file, no packed-refs; git's reftable format always asks)."""
+    dot = path / ".git"
     try:
-        content = (path / ".git" / "HEAD").read_text().strip()
+        content = (dot / "HEAD").read_text().strip()
     except OSError:
         return None
     if HEX40.match(content):
         return content
+    ref = content[len("ref: "):] if content.startswith("ref: refs/heads/") else None
+    if ref and dot.is_dir() and not (dot / "reftable").exists() \
+            and not (dot / "packed-refs").exists() and not (dot / ref).exists():
+        return None
     return rev_parse(path, "HEAD")
 
 

@@ -22,6 +22,18 @@ def test_repin_fetches_into_the_existing_checkout_and_rebuilds_dependents(ab):
     assert ab.doit().ran == []
 
 
+def test_only_a_new_checkouts_first_fetch_leaves_out_gits_maintenance(ab):
+    # one pack in an empty repository has nothing to maintain; a repository
+    # that fetches again keeps git's own automatic maintenance
+    ab.doit()
+    log = (ab.workdir / "logs/fetch-alpha.log").read_text()
+    assert "-c maintenance.auto=false fetch" in log, log
+    ab.edit_stack("ref: v1", "ref: v2")
+    assert "fetch:alpha" in ab.doit().ran
+    log = (ab.workdir / "logs/fetch-alpha.log").read_text()
+    assert " fetch " in log and "maintenance.auto" not in log, log
+
+
 def test_moved_tag_is_refused_until_updated(ab):
     ab.doit()
     up = ab.up.alpha()

@@ -408,3 +408,17 @@ def test_a_patch_that_changes_nothing(tmp_path, clone, upstream):
     with pytest.raises(PatchFailed, match="patch 0002-again.patch changes nothing"):
         g.apply_series(clone, g.head(clone), [("0001.patch", mail),
                                               ("0002-again.patch", NO_OP_DIFF)])
+
+
+def test_head_of_an_unborn_branch_and_of_packed_refs(tmp_path):
+    repo = tmp_path / "r"
+    git_init(repo)
+    assert g.head(repo) is None  # a new repository: read from the files
+    write(repo / "f", "x\n")
+    sha = commit_all(repo, "one")
+    assert g.head(repo) == sha  # on a branch: the ref file
+    git(repo, "pack-refs", "--all")
+    assert not (repo / ".git/refs/heads/main").exists()
+    assert g.head(repo) == sha  # the branch only in packed-refs
+    git(repo, "checkout", "-q", "--detach")
+    assert g.head(repo) == sha

@@ -50,11 +50,11 @@ def resolve_and_fetch(ws: Workspace, c: Component) -> str:
     log = ws.log(tid)
     label = f"{tid}: "
     git.clear_stale_locks(path, ws.started)
-    git.ensure_repo(path, c.git, log, label)
+    new = git.ensure_repo(path, c.git, log, label)
     locked = ws.lockfile.commit_for(c.name, c.git, c.ref)
-    if locked and git.has_commit(path, locked):
+    if locked and not new and git.has_commit(path, locked):
         return locked
-    if git.HEX40.match(c.ref) and git.has_commit(path, c.ref):
+    if git.HEX40.match(c.ref) and not new and git.has_commit(path, c.ref):
         return c.ref
     try:
         remote = git.ls_remote(path, c.ref)
@@ -79,7 +79,7 @@ def resolve_and_fetch(ws: Workspace, c: Component) -> str:
                      "to take "
                      "the new commit; otherwise keep the lock and ask upstream why")
         if remote.is_branch:
-            git.fetch(path, log, label, remote, c.ref, c.depth)
+            git.fetch(path, log, label, remote, c.ref, c.depth, first=new)
             if not git.has_commit(path, locked):
                 raise GitError(
                     f"{c.name}: branch '{c.ref}' no longer contains the locked commit "
@@ -88,7 +88,7 @@ def resolve_and_fetch(ws: Workspace, c: Component) -> str:
             say(f"  {label}branch '{c.ref}' has moved upstream to {remote.commit[:12]}; "
                 f"keeping the locked {locked[:12]} ('doit update:{c.name}' takes the new one)")
             return locked
-    commit = git.fetch(path, log, label, remote, c.ref, c.depth)
+    commit = git.fetch(path, log, label, remote, c.ref, c.depth, first=new)
     if locked and commit != locked:  # an abbreviated commit cannot move; be safe
         raise GitError(f"{c.name}: '{c.ref}' resolved to {commit}, stack.lock has {locked}")
     return commit
