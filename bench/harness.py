@@ -16,7 +16,9 @@ from fixtures import GIT_ENV, git
 
 ROOT = Path(__file__).resolve().parents[1]
 DODO = ROOT / "dodo.py"
-FLOOR_IMPORT = "import doit,pydantic,yaml,tomlkit,sh"
+# The libraries the tool imports (the issue that set the floor also counted
+# sh, which the tool no longer uses: a floor 25 ms lower, a stricter ratio).
+FLOOR_IMPORT = "import doit,pydantic,yaml,tomlkit"
 
 
 @dataclass

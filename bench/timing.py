@@ -8,7 +8,7 @@
 (d) one file edited in one tree (cri-o's cmd/crio/main.go, new content each time).
 (s) `doit status` on the no-op's project (read-only: what a plain doit would run);
     its target is at most 1.2x the no-op (b) of the same round.
-(e) the floor: `python -c "import doit,pydantic,yaml,tomlkit,sh"`, then
+(e) the floor: `python -c "import doit,pydantic,yaml,tomlkit"`, then
     `git status` in each checkout, one after the other, as a user would.
 (e') the same floor right after the same checkout dance as (c): what git
     itself pays to re-read a tree whose every file moved.

@@ -5,6 +5,8 @@ saying what to do next.  Nothing here formats tracebacks: callers print
 ``str(err)`` and stop.
 """
 
+import signal
+
 
 class StackError(Exception):
     """Base of every error this tool reports to the user."""
@@ -38,7 +40,14 @@ class CommandFailed(StackError):
         self.code = code
         self.tail = tail
         self.log = log
-        message = f"command failed with exit code {code}: {command}"
+        if code >= 0:
+            message = f"command failed with exit code {code}: {command}"
+        else:  # ended by a signal (subprocess's negative return code)
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            message = f"command was killed by {name}: {command}"
         if tail:
             message += "\n--- last lines of output ---\n" + tail.rstrip("\n")
         if log:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -105,6 +106,32 @@ def test_run_failure_has_code_tail_of_this_run_and_log(tmp_path):
     assert "from-the-earlier-run" not in failed.tail
     assert f"--- full log: {log}" in str(failed) and "exit code 3" in str(failed)
     assert "from-the-earlier-run" in log.read_text()
+
+
+def test_run_a_command_killed_by_a_signal_says_which(tmp_path):
+    log = tmp_path / "x.log"
+    with pytest.raises(CommandFailed) as err:
+        run.run("echo before; kill -KILL $$", cwd=tmp_path, log=log)
+    assert err.value.code == -signal.SIGKILL
+    assert "command was killed by SIGKILL: echo before; kill -KILL $$" in str(err.value)
+    assert err.value.tail == "before"
+
+
+def test_run_a_missing_folder_is_a_failure_not_a_traceback(tmp_path):
+    with pytest.raises(CommandFailed) as err:
+        run.run("true", cwd=tmp_path / "gone", log=tmp_path / "x.log")
+    assert err.value.code == 127 and "gone" in str(err.value)
+
+
+def test_run_starts_no_thread_and_passes_the_log_file_itself(tmp_path):
+    # the command writes into the log file (its stdout is that file), with no
+    # thread of ours copying bytes: what a gigabyte of output relies on
+    before = threading.active_count()
+    run.run("ls -l /proc/self/fd/1 /proc/self/fd/2 > fds; readlink /proc/self/fd/1",
+            cwd=tmp_path, log=tmp_path / "x.log")
+    assert threading.active_count() == before
+    assert str(tmp_path / "x.log") in (tmp_path / "x.log").read_text()
+    assert (tmp_path / "fds").read_text().count(str(tmp_path / "x.log")) == 1  # fd 2 too
 
 
 def test_run_non_utf8_output_is_logged_as_bytes(tmp_path):
