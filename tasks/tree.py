@@ -20,6 +20,7 @@ from pathlib import Path
 from . import git, session
 from .errors import StackError
 from .state import HashCache, JsonFile, read_only
+from .threads import Jobs
 
 _trees_lock = threading.Lock()
 
@@ -126,20 +127,16 @@ class Prefetch:
         return result
 
     def _start(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self._pending = {}
         names = [n for n, p in self.checkouts.items() if git.is_repo(p)]
         if len(names) < 2:
             return
-        self._pool = ThreadPoolExecutor(max_workers=min(len(names), (os.cpu_count() or 1) + 1),
-                                        thread_name_prefix="kps-scan")
-        for name in names:
-            # (a new thread starts outside any run: carry the current one)
-            future = self._pool.submit(session.carried(scan), self.checkouts[name],
-                                       self.caches(name))
-            self._pending[name] = (self._generation.get(name, 0), future)
-        self._pool.shutdown(wait=False)
+        # (a new thread starts outside any run: carry the current one)
+        self._pool = Jobs([(session.carried(scan), (self.checkouts[name], self.caches(name)))
+                           for name in names],
+                          workers=(os.cpu_count() or 1) + 1, name="kps-scan")
+        for name, job in zip(names, self._pool.jobs, strict=True):
+            self._pending[name] = (self._generation.get(name, 0), job)
 
     def close(self) -> None:
         """Wait for the scans still going (the run ends: no thread of it
@@ -147,7 +144,7 @@ class Prefetch:
         with self._lock:
             pool = self._pool
         if pool is not None:
-            pool.shutdown(wait=True)
+            pool.join()
 
 
 def content(path: Path, state: dict, outputs: set[str]) -> dict:

@@ -32,7 +32,6 @@ import re
 import time
 from collections import ChainMap
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
@@ -46,6 +45,7 @@ from ..host.pod import podhints
 from ..host.prereqs import probe
 from ..run import is_root, say
 from ..state import Check, digest, in_words
+from ..threads import Jobs
 from ..workspace import Workspace
 
 if TYPE_CHECKING:
@@ -333,9 +333,13 @@ def probe_versions(ws: Workspace, items: list[Item]) -> dict[str, dict]:
     if todo:
         def version_of(item: Item) -> dict:
             return probe.probe_version(item.need.prereq, item.found.path, item.need.environ())
-        with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
-            for k, res in zip(todo, pool.map(version_of, todo.values()), strict=True):
-                cache[k] = res
+        jobs = Jobs([(version_of, (item,)) for item in todo.values()], workers=8,
+                    name="kps-probe")
+        try:
+            for k, job in zip(todo, jobs.jobs, strict=True):
+                cache[k] = job.result()
+        finally:
+            jobs.join()
     kept = {k: cache[k] for k in wanted}
     if (todo or len(kept) != len(cache)) and not ws.read_only:
         try:
