@@ -79,7 +79,7 @@ def _explain(ws: Workspace, cri: Crictl, err: CommandFailed, step: str) -> None:
         if not_ready:
             err.hint = podhints.cni_hint(not_ready, ctx)
             return
-    if podhints.DEADLINE.search(err.tail or ""):
+    if podhints.deadline_exceeded(err.tail or ""):
         err.hint = podhints.timeout_hint(ctx)
         return
     err.hint = err.hint or podhints.generic(ctx)

@@ -277,29 +277,35 @@ def _cni(m, ctx: Context) -> str:
             + "; crictl info shows the NetworkReady condition")
 
 
-# message pattern -> hint, first match wins
+# message pattern -> hint, first match wins.  Patterns as text: re compiles
+# (and caches) them the first time a failure is classified, not on every
+# no-op that imports this module for the check's key.
 RULES = [
-    ("pause-image", re.compile(r"initializing source docker://(?P<image>\S+?): (?P<why>.*)"),
-     _pause),
-    ("oom-score-adj", re.compile(r"oom_score_adj: (?:Permission denied|Operation not permitted)"
-                                 r"|failed to update /proc/self/oom_score_adj"), _oom),
-    ("syslog", re.compile(r"syslog delivery error", re.I), _syslog),
-    ("vhost-vsock", re.compile(r"doesn't support vsock|/dev/vhost-vsock"), _vsock),
-    ("runtime-handler", re.compile(r"failed to find runtime handler (?P<handler>\S*) from "
-                                   r"runtime list(?: map\[(?P<known>[^\]]*)\])?"), _handler),
-    ("cni", re.compile(r"no CNI configuration file|CNI plugin not ready|NetworkPluginNotReady|"
-                       r"before (?:the )?(?:CNI plugin|network) was ready", re.I), _cni),
+    ("pause-image", r"initializing source docker://(?P<image>\S+?): (?P<why>.*)", 0, _pause),
+    ("oom-score-adj", r"oom_score_adj: (?:Permission denied|Operation not permitted)"
+                      r"|failed to update /proc/self/oom_score_adj", 0, _oom),
+    ("syslog", r"syslog delivery error", re.I, _syslog),
+    ("vhost-vsock", r"doesn't support vsock|/dev/vhost-vsock", 0, _vsock),
+    ("runtime-handler", r"failed to find runtime handler (?P<handler>\S*) from "
+                        r"runtime list(?: map\[(?P<known>[^\]]*)\])?", 0, _handler),
+    ("cni", r"no CNI configuration file|CNI plugin not ready|NetworkPluginNotReady|"
+            r"before (?:the )?(?:CNI plugin|network) was ready", re.I, _cni),
 ]
-DEADLINE = re.compile(r"DeadlineExceeded|context deadline exceeded")
+DEADLINE = r"DeadlineExceeded|context deadline exceeded"
 
 
 def classify(output: str, ctx: Context) -> tuple[str, str] | None:
     """(kind, hint) for CRI-O's answer, or None when no rule knows it."""
-    for kind, pattern, hint in RULES:
-        m = pattern.search(output)
+    for kind, pattern, flags, hint in RULES:
+        m = re.search(pattern, output, flags)
         if m:
             return kind, hint(m, ctx)
     return None
+
+
+def deadline_exceeded(output: str) -> bool:
+    """crictl gave up waiting (CRI-O still working, or stuck)."""
+    return re.search(DEADLINE, output) is not None
 
 
 def network_not_ready(info: str) -> str | None:
