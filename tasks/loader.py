@@ -56,6 +56,9 @@ DEFAULT_TASKS = ["check", "fetch", "patch", "build", "install", "image", "config
 # run builds.
 READ_ONLY_COMMANDS = {"list", "info", "help", "tabcompletion"}
 
+# Runs that look at every checkout (no task named: the default tasks).
+WHOLE_STACK = {"status", "graph", "run_pod"}
+
 # The variables this tool reads from the command line (NAME=VALUE).
 VARIABLES = {
     "stack": "the stack file (default: stack.yaml beside dodo.py)",
@@ -160,6 +163,10 @@ class StackLoader(TaskLoader2):
                 self.keep()
             if command == "forget":
                 forget(ws, named_tasks(pos_args), bool(self.options.get("forget_all")))
+            if command == "run" and set(named) <= WHOLE_STACK:
+                # every checkout's git status will be asked: git works on
+                # them while doit opens its database and makes the tasks
+                ws.prefetch.start()
             _open_database(cmd, ws, self.dep_file)
         except StackError as err:
             raise InvalidDodoFile(str(err)) from None

@@ -108,6 +108,14 @@ class Prefetch:
         with self._lock:
             self._generation[name] = self._generation.get(name, 0) + 1
 
+    def start(self) -> None:
+        """Start the scans now (the loader does, for a run that looks at
+        every checkout, so that git works while doit sets up); otherwise
+        the first ``take()`` does."""
+        with self._lock:
+            if self._pending is None:
+                self._start()
+
     def take(self, name: str):
         """The prefetched scan of ``name`` if still valid, else None."""
         with self._lock:

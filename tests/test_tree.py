@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -208,3 +209,28 @@ def test_prefetch_of_a_single_checkout_is_not_done(tmp_path, two):
     prefetch = tree.Prefetch({"one": two["one"], "gone": tmp_path / "src/gone"},
                              caches_for(tmp_path))
     assert prefetch.take("one") is None
+
+
+def _statuses(trace: Path) -> set[str]:
+    """The checkouts git status ran in, from a GIT_TRACE2_EVENT file."""
+    argv, worktree = {}, {}
+    for line in trace.read_text().splitlines() if trace.exists() else []:
+        event = json.loads(line)
+        if event["event"] == "start":
+            argv[event["sid"]] = event["argv"]
+        elif event["event"] == "def_repo" and "worktree" in event:
+            worktree[event["sid"]] = event["worktree"]
+    return {Path(worktree[sid]).name for sid, args in argv.items()
+            if "status" in args and sid in worktree}
+
+
+def test_the_scans_start_early_only_for_a_run_that_asks_every_checkout(ab):
+    """The loader starts the scans of every checkout before doit sets up
+    when the run will ask them all (no task named, status, graph, run_pod);
+    a run whose tasks look at no checkout scans none."""
+    ab.doit()
+    trace = ab.root / "trace"
+    ab.doit("check", env={"GIT_TRACE2_EVENT": str(trace)})
+    assert _statuses(trace) == set()
+    assert ab.doit(env={"GIT_TRACE2_EVENT": str(trace)}).ran == []
+    assert _statuses(trace) == {"alpha", "beta"}
