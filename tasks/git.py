@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,13 +74,19 @@ def is_repo(path: Path) -> bool:
 
 
 def ensure_repo(path: Path, url: str, log: Path, label: str) -> bool:
-    """A repository at ``path`` whose origin is ``url``: created when missing,
-    re-pointed when the URL changed.  Never re-cloned.  True when it was
-    created now (empty: no commit to look for, no origin to compare)."""
+    """A repository at ``path`` whose origin is ``url``: created when missing
+    (in a folder beside, its ``.git`` renamed into place when complete: a
+    killed run leaves no half-made ``.git``, which git refuses), re-pointed
+    when the URL changed.  Never re-cloned.  True when created now."""
     if not is_repo(path):
         path.mkdir(parents=True, exist_ok=True)
-        _run(path, log, "init", "-q", label=label)
-        query(path, "remote", "add", "origin", url)
+        making = path.parent / f".{path.name}.git-init"
+        if making.exists():
+            shutil.rmtree(making)
+        _run(path.parent, log, "init", "-q", making.name, label=label)
+        query(making, "remote", "add", "origin", url)
+        os.rename(making / ".git", path / ".git")
+        making.rmdir()
         return True
     current = text(path, "config", "--get", "remote.origin.url", check=False)
     if not current:

@@ -3,6 +3,7 @@ real git, real make, real doit."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 from conftest import commit_all, git, write
@@ -111,6 +112,40 @@ def test_deleted_checkout_is_restored_and_rebuilt(ab):
     res = ab.doit()
     assert sorted(res.ran) == ["build:beta", "fetch:beta", "patch:beta"]
     assert ab.doit().ran == []
+
+
+GIT_KILLED_IN_INIT = """\
+#!/bin/sh
+# git, killed half-way through its first 'init': a .git with folders, no HEAD
+case " $* " in *" init "*)
+  if [ ! -e {flag} ]; then
+    touch {flag}
+    c=.; prev=; last=
+    for a; do [ "$prev" = -C ] && c=$a; prev=$a; last=$a; done
+    case $last in -*) last=.;; esac
+    mkdir -p "$c/$last/.git/objects" "$c/$last/.git/refs"
+    kill -9 $$
+  fi;;
+esac
+exec {git} "$@"
+"""
+
+
+def test_a_checkout_whose_git_init_was_killed_is_made_again(ab, tmp_path):
+    # git refuses a half-made .git ("not a git repository"); the next run
+    # must not stumble on what a killed run left
+    bin_ = tmp_path / "killing-git"
+    write(bin_ / "git", GIT_KILLED_IN_INIT.format(flag=tmp_path / "killed-once",
+                                                  git=shutil.which("git")), mode=0o755)
+    env = {"PATH": f"{bin_}:{os.environ['PATH']}"}
+    res = ab.doit(expect=1, env=env)
+    assert "exit code 137" in res.out, res.out
+    assert (tmp_path / "killed-once").exists()
+    res = ab.doit(env=env)
+    assert "fetch:alpha" in res.ran and "fetch:beta" in res.ran
+    assert git(ab.src("alpha"), "remote", "get-url", "origin") == str(ab.up.alpha())
+    assert not list(ab.src("alpha").parent.glob(".*git-init"))
+    assert ab.doit(env=env).ran == []
 
 
 def test_lost_lock_is_rebuilt_offline_from_the_fetched_refs(ab):
