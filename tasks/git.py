@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +80,8 @@ def ensure_repo(path: Path, url: str, log: Path, label: str) -> bool:
     if not is_repo(path):
         path.mkdir(parents=True, exist_ok=True)
         making = path.parent / f".{path.name}.git-init"
-        if making.exists():
+        if making.exists():  # what a killed run left
+            import shutil  # pulls in bz2 and lzma: only when there is something to remove
             shutil.rmtree(making)
         _run(path.parent, log, "init", "-q", making.name, label=label)
         query(making, "remote", "add", "origin", url)
